@@ -1,0 +1,1 @@
+"""One module per CLI command; ``ldct_monai.cli`` registers them."""

@@ -1,0 +1,1 @@
+"""DICOM reading (to HU, in geometric order) and writing (new CT series, derived series)."""

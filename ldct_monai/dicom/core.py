@@ -1,0 +1,107 @@
+"""Small DICOM facts every stage needs: slice geometry and the modality LUT to Hounsfield units.
+
+Kept apart from the series reader/writer so header-only scanners (``build-manifest``) and the per-slice
+loader of the training transforms share one definition of "z" and of "HU".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from ldct_monai.errors import InputError
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+def slice_normal(ds: Dataset) -> np.ndarray:
+    """Unit normal of the image plane: row direction x column direction, from ImageOrientationPatient.
+
+    Raises:
+        InputError: ImageOrientationPatient is missing or not six numbers.
+    """
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    if iop is None or len(iop) != 6:
+        raise InputError(f"{_name(ds)}: ImageOrientationPatient missing or not 6 values (found {iop!r}).")
+    row = np.asarray(iop[:3], dtype=np.float64)
+    col = np.asarray(iop[3:], dtype=np.float64)
+    n = np.cross(row, col)
+    norm = np.linalg.norm(n)
+    if norm < 1e-6:
+        raise InputError(f"{_name(ds)}: ImageOrientationPatient row and column vectors are parallel ({list(iop)}).")
+    return n / norm
+
+
+def slice_position(ds: Dataset, normal: np.ndarray | None = None) -> float:
+    """Position of the slice along its normal in mm: ImagePositionPatient . normal.
+
+    This is the sort key for slices (never InstanceNumber or file name).
+
+    Raises:
+        InputError: ImagePositionPatient or ImageOrientationPatient is missing.
+    """
+    ipp = getattr(ds, "ImagePositionPatient", None)
+    if ipp is None or len(ipp) != 3:
+        raise InputError(f"{_name(ds)}: ImagePositionPatient missing or not 3 values (found {ipp!r}).")
+    if normal is None:
+        normal = slice_normal(ds)
+    return float(np.dot(np.asarray(ipp, dtype=np.float64), normal))
+
+
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of a slice; CT defaults 1 and 0 when absent."""
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    return slope, intercept
+
+
+def to_hu(ds: Dataset, stored: np.ndarray | None = None) -> np.ndarray:
+    """Stored pixel values -> HU (float32) with this slice's own slope and intercept.
+
+    Args:
+        ds: the slice's dataset (pixel data needed unless ``stored`` is given).
+        stored: stored values already decoded (``ds.pixel_array``); decoded here when None.
+    """
+    if stored is None:
+        stored = ds.pixel_array
+    slope, intercept = rescale(ds)
+    return (stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
+
+
+def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Boolean mask of pixels equal to PixelPaddingValue (outside the field of view), or None.
+
+    With PixelPaddingRangeLimit the range between the two values (inclusive) is padding.
+    """
+    pad = getattr(ds, "PixelPaddingValue", None)
+    if pad is None:
+        return None
+    pad = int(pad)
+    limit = getattr(ds, "PixelPaddingRangeLimit", None)
+    if limit is None:
+        mask = stored == pad
+    else:
+        lo, hi = sorted((pad, int(limit)))
+        mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+def read_hu(path: str | Path) -> np.ndarray:
+    """Read one single-frame CT slice and return its pixels in HU as float32 (rows, cols).
+
+    Raises:
+        InputError: the file is not readable DICOM or has no pixel data.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+        return to_hu(ds)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, AttributeError, EOFError) as err:
+        raise InputError(f"{path}: cannot read CT pixels ({type(err).__name__}: {err}).") from err
+
+
+def _name(ds: Dataset) -> str:
+    return str(getattr(ds, "filename", None) or getattr(ds, "SOPInstanceUID", "<dataset>"))

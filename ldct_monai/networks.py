@@ -1,0 +1,133 @@
+"""The ResNet generator of CycleGAN (Zhu et al. 2017; Johnson et al. 2016), for 1-channel CT.
+
+MONAI has no such generator, so it is ours. Discriminators are MONAI's ``PatchDiscriminator``
+(see :func:`make_discriminator`).
+
+Layout: reflection pad + 7x7 stem, two stride-2 3x3 downsamplings, ``n_blocks`` residual blocks,
+two x2 upsamplings, reflection pad + 7x7 head, tanh. Instance norm without affine parameters, as in the
+reference implementation. Two options matter for CT denoising:
+
+* ``upsample="resize"``: nearest x2 then a 3x3 convolution (Odena et al. 2016, "Deconvolution and
+  checkerboard artifacts"), instead of transposed convolutions, which leave checkerboard patterns
+  that are easy to see in flat soft tissue.
+* ``residual=True``: output = clamp(input + correction, -1, 1). Denoising is a small correction of
+  the input, and a network that starts at the identity keeps HU in place from step 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+UPSAMPLE_MODES = ("resize", "transpose")
+
+
+class ResnetBlock(nn.Module):
+    """x + [pad, conv3x3, norm, ReLU, pad, conv3x3, norm](x)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=True),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=True),
+            nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResNetGenerator(nn.Module):
+    """CycleGAN ResNet generator mapping (B, C, H, W) in [-1, 1] to the same shape in [-1, 1].
+
+    Args:
+        in_channels: input channels (1 for CT).
+        out_channels: output channels (1 for CT).
+        ngf: filters of the first layer; 64 in the MathWorks example and Zhu et al.
+        n_blocks: residual blocks at 1/4 resolution; 6 for 128 px patches, 9 for 256 px.
+        upsample: "resize" (nearest + conv, no checkerboard) or "transpose" (Zhu et al.).
+        residual: predict a correction added to the input (needs in_channels == out_channels).
+
+    H and W must be multiples of :attr:`stride` (4); pad full slices before calling
+    (``ldct_monai.inference`` does).
+    """
+
+    stride = 4  # two stride-2 downsamplings
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        ngf: int = 64,
+        n_blocks: int = 6,
+        upsample: str = "resize",
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, found {upsample!r}.")
+        if residual and in_channels != out_channels:
+            raise ValueError(f"residual=True needs in_channels == out_channels, found {in_channels} and {out_channels}.")
+        if n_blocks < 0 or ngf < 1:
+            raise ValueError(f"need ngf >= 1 and n_blocks >= 0, found ngf={ngf}, n_blocks={n_blocks}.")
+        self.residual = residual
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(inplace=True),
+        ]
+        ch = ngf
+        for _ in range(2):  # downsample
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1), nn.InstanceNorm2d(ch * 2), nn.ReLU(inplace=True)]
+            ch *= 2
+        layers += [ResnetBlock(ch) for _ in range(n_blocks)]
+        for _ in range(2):  # upsample
+            if upsample == "transpose":
+                up: list[nn.Module] = [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1)]
+            else:
+                up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(ch, ch // 2, 3)]
+            layers += [*up, nn.InstanceNorm2d(ch // 2), nn.ReLU(inplace=True)]
+            ch //= 2
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ch, out_channels, 7), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"input height and width must be multiples of {self.stride}, found {h}x{w}.")
+        y = self.head(self.body(x))
+        if self.residual:
+            return torch.clamp(x + y, -1.0, 1.0)
+        return y
+
+    def zero_head_(self) -> ResNetGenerator:
+        """Zero the head convolution: a residual generator then is exactly the identity (tests, warm start)."""
+        conv = self.head[1]
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        return self
+
+
+def make_discriminator(in_channels: int = 1, ndf: int = 64, n_layers: int = 3) -> nn.Module:
+    """70x70 PatchGAN discriminator (for n_layers=3): MONAI ``PatchDiscriminator`` with instance norm.
+
+    Its forward returns a list of intermediate features; the last item is the patch logits map.
+    """
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(
+        spatial_dims=2,
+        num_layers_d=n_layers,
+        channels=ndf,
+        in_channels=in_channels,
+        out_channels=1,
+        kernel_size=4,
+        norm="INSTANCE",
+        bias=True,
+        padding=1,
+    )

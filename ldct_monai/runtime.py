@@ -1,0 +1,47 @@
+"""Device, precision and environment facts shared by train, denoise, evaluate and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import platform
+
+import torch
+
+from ldct_monai.errors import InputError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cpu' / 'cuda' / 'cuda:N' as given (checked)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise InputError(f"--device must be auto, cpu or cuda[:N], found {device!r}.") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available (use --device auto or cpu).")
+    return dev
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """One context for every precision: bf16/fp16 autocast, or a no-op for fp32."""
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, found {precision!r}.")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide numerical results, for model cards and reports."""
+    out = {"python": platform.python_version()}
+    for name in ("ldct-monai", "torch", "monai", "pydicom", "numpy", "SimpleITK", "scikit-image"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
