@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv on first use.
 PYTHON ?= python3
+DEMO_ARGS ?= --overwrite
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
