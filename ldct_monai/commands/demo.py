@@ -1,4 +1,4 @@
-"""`ldct-monai demo` command."""
+"""`ldct-monai demo`: the whole pipeline on built-in synthetic data."""
 
 from __future__ import annotations
 
@@ -6,9 +6,40 @@ from pathlib import Path
 
 import typer
 
-from ldct_monai.errors import NotImplementedYet
+from ldct_monai.progress import console
 
 
-def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder.")) -> None:
-    """Run the whole pipeline on synthetic data."""
-    raise NotImplementedYet("'ldct-monai demo' is not implemented yet.")
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Workspace folder for data, manifest, run, report and DICOM output."),
+    patients: int = typer.Option(5, help="Synthetic patients per body part (C, L, N)."),
+    slices: int = typer.Option(6, help="Slices per series."),
+    size: int = typer.Option(256, help="Image size in pixels (rows = columns)."),
+    steps: int = typer.Option(600, help="Training steps of the cpu-small preset."),
+    seed: int = typer.Option(0, help="Seed for data, splits and training."),
+    device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Reduced smoke run (tiny images, a few steps): checks the plumbing, not quality."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty --out folder."),
+) -> None:
+    """Run the whole pipeline on synthetic data: synth, build-manifest, train, evaluate, denoise."""
+    from ldct_monai.demo import DemoConfig, run_demo
+    from ldct_monai.evaluate import print_summary
+
+    if quick:
+        cfg = DemoConfig.make_quick(seed=seed)
+    else:
+        cfg = DemoConfig(patients=patients, slices=slices, size=size, steps=steps, seed=seed, device=device)
+    result = run_demo(out, cfg, overwrite=overwrite)
+    console.rule("[bold]Demo result")
+    print_summary(result["evaluation"], console=console)
+    p = result["paths"]
+    t = result["timings_s"]
+    console.print(
+        f"Measured wall time: [bold]{t['total']:.0f} s[/] "
+        f"(synth {t['synth']:.0f} s, manifest {t['build_manifest']:.0f} s, train {t['train']:.0f} s, "
+        f"evaluate {t['evaluate']:.0f} s, denoise {t['denoise']:.0f} s)"
+    )
+    console.print(f"Report:          {p['summary_md']}")
+    console.print(f"Figures:         {Path(p['report']) / 'figures'}  ({len(p['figures'])} PNG)")
+    console.print(f"Model:           {p['model']}")
+    console.print(f"Denoised DICOM:  {p['denoised_series']}  (from {p['denoised_source']})")
+    console.print(f"TensorBoard:     tensorboard --logdir {Path(p['model']).parent}")
