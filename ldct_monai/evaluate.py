@@ -71,6 +71,7 @@ class EvalConfig:
     nlm_h: float | None = None  # HU; fixed instead of tuned on val
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", tuple(self.baselines))  # a list from Python callers is fine too
         problems = []
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
@@ -272,7 +273,7 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
     from ldct_monai.baselines import gaussian_denoise, nlm_denoise
     from ldct_monai.metrics import slice_metrics
 
-    method_time = {m: 0.0 for m in (MODEL, *config.baselines)}
+    method_time = {m: 0.0 for m in (MODEL, *config.baselines, "metrics")}
     task = prog.add_task("evaluate", total=len(pairs), unit="slice")
     rows: list[dict] = []
     for start in range(0, len(pairs), config.batch_size):
@@ -293,7 +294,9 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
                 p = params[b]["per_body_part"][bp.value]
                 images[b] = gaussian_denoise(ld, p["sigma_px"]) if b == "gaussian" else nlm_denoise(ld, p["h_hu"])
                 method_time[b] += time.perf_counter() - t0
-            scores = slice_metrics(np.stack([images[m] for m in config.methods]), fd, bp)
+            t0 = time.perf_counter()
+            scores = slice_metrics(np.stack([images[m] for m in config.methods]), fd, bp, device=str(denoiser.device))
+            method_time["metrics"] += time.perf_counter() - t0
             win = LDCTBENCH_WINDOWS[bp]
             for m, s in zip(config.methods, scores):
                 rows.append(
@@ -645,34 +648,46 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "slice"
 
 
+SHORT_LABELS = {INPUT: "low-dose", MODEL: "model", "gaussian": "Gaussian", "nlm": "NLM"}
+
+
 def summary_table(summary: dict, per_body_part: bool = False):
-    """A short rich table: PSNR / SSIM of every method per convention (pooled, or per body part too).
+    """A short rich table (fits 80 columns): mean PSNR / SSIM per method and convention, gain vs input.
 
     Args:
         summary: the dict :func:`evaluate` returns (or ``summary.json`` loaded).
-        per_body_part: add rows for each body part under the pooled ones.
+        per_body_part: add a section per body part under the pooled one.
     """
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"Paired test metrics ({summary['n_slices']} slices, mean; Δ vs low-dose input)")
-    table.add_column("body part")
-    table.add_column("method")
-    for c, name in (("full", "full range"), ("ldctbench", "LDCTBench window")):
-        table.add_column(f"PSNR dB\n{name}", justify="right")
-        table.add_column(f"SSIM\n{name}", justify="right")
+    table = Table(
+        title=f"Paired test metrics: mean over {summary['n_slices']} slices (gain vs low-dose input)",
+        caption="full = [-1024, 3071] HU; window = LDCTBench body-part window",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("method", no_wrap=True)
+    for c in ("full", "window"):
+        table.add_column(f"PSNR dB {c}", justify="right", no_wrap=True)
+        table.add_column(f"SSIM {c}", justify="right", no_wrap=True)
     parts = [ALL] + ([bp for bp in summary["results"] if bp != ALL] if per_body_part else [])
     for bp in parts:
+        if per_body_part:
+            n = summary["results"][bp][INPUT]["n"]
+            table.add_row(f"[bold]{BODY_PART_NAMES.get(bp, bp)}[/] (n={n})")
         for method in summary["methods"]:
             e = summary["results"][bp][method]
-            cells = [BODY_PART_NAMES.get(bp, bp), summary["method_labels"][method]]
+            cells = [SHORT_LABELS.get(method, method)]
             for c in CONVENTIONS:
                 for m in ("psnr", "ssim"):
                     s = e[f"{m}_{c}"]
-                    txt = _fmt(s["mean"], DIGITS[m])
+                    d = DIGITS[m] if m == "psnr" else 3
+                    txt = _fmt(s["mean"], d)
                     if method != INPUT and s["gain_mean"] is not None:
                         g = s["gain_mean"]
                         colour = "green" if g > 0 else "red"
-                        txt += f" [{colour}]({_fmt_gain(g, DIGITS[m])})[/]"
+                        txt += f" [{colour}]{_fmt_gain(g, d)}[/]"
                     cells.append(txt)
             table.add_row(*cells, end_section=method == summary["methods"][-1])
     return table

@@ -18,7 +18,7 @@ from ldct_monai.io_utils import atomic_write_bytes
 from ldct_monai.metrics import FULL_RANGE_HU, Window
 
 PANEL_IN = 3.2  # inches per image panel
-DPI = 120  # 3.2 in x 120 dpi ~ 384 px per panel: a 512 px slice is shown close to full resolution
+DPI = 100  # 3.2 in x 100 dpi = 320 px per panel; the centre-crop row shows a 512 px slice at full resolution
 
 
 def _new_figure(width_in: float, height_in: float):

@@ -55,6 +55,6 @@ def evaluate(
     )
     summary = run_evaluate(manifest, model, out, config, overwrite=overwrite, progress=True)
     print_summary(summary, per_body_part=per_body_part)
-    console.print(f"Report: {out / 'summary.md'}  (metrics.csv, summary.csv, summary.json)", highlight=False)
+    console.print(f"Report: {out / 'summary.md'} (and metrics.csv, summary.csv, summary.json)", highlight=False, soft_wrap=True)
     for f in summary["figures"]:
-        console.print(f"Figure: {out / f['comparison']}  {out / f['difference']}", highlight=False)
+        console.print(f"Figures: {out / f['comparison']} {out / f['difference']}", highlight=False, soft_wrap=True)
