@@ -8,7 +8,8 @@ against its paired full-dose slice, computed under each of two conventions side 
     images are clipped to it and mapped linearly to [0, 1], so PSNR's data range is 4095 HU. RMSE is in
     HU on the clipped images.
 ``ldctbench``
-    The LDCTBench convention (Eulig et al.): both images are windowed with the body part's reading
+    The LDCTBench convention (Eulig et al.): both images are clipped to [-1024, 3071] HU (anything
+    below -1024 HU is padding or undershoot: air) and windowed with the body part's reading
     window (chest C -600 / W 1500, abdomen C 50 / W 400, head C 40 / W 80; the DICOM linear VOI
     function, clipping outside the window) to [0, 1]; PSNR and SSIM are computed on that. RMSE is in HU
     on images clipped to [-1024, 1900] HU (air to dense bone).
@@ -236,8 +237,11 @@ def slice_metrics(
     """
     bp = body_part if isinstance(body_part, BodyPart) else body_part_of(body_part)
     win = LDCTBENCH_WINDOWS[bp]
-    p = _as_batch(pred_hu)
-    r = np.asarray(ref_hu, dtype=np.float32)
+    # Below -1024 HU there is no tissue, only padding outside the field of view (-2000, -3024 HU) or
+    # reconstruction undershoot: it is air in both conventions. Without this the chest window
+    # (lower edge -1350 HU) would count padding against any image whose padding was set to -1024 HU.
+    p = np.clip(_as_batch(pred_hu), *FULL_RANGE_HU)
+    r = np.clip(np.asarray(ref_hu, dtype=np.float32), *FULL_RANGE_HU)
     cols = {
         "psnr_full": psnr(full_range_unit(p), full_range_unit(r), device=device),
         "ssim_full": ssim(full_range_unit(p), full_range_unit(r), device=device),

@@ -67,6 +67,18 @@ def test_windows_clip_and_follow_the_dicom_voi_formula():
         Window(0.0, 1.0)
 
 
+def test_padding_below_air_is_air_in_both_conventions():
+    """Field-of-view padding (-3024 HU in the reference, -1024 HU after a filter) adds no error."""
+    ref = textured()
+    ref[:, :8] = -3024.0
+    pred = ref.copy()
+    pred[:, :8] = -1024.0
+    for bp in "CLN":  # the chest window reaches down to -1350 HU
+        m = slice_metrics(pred, ref, bp)[0]
+        assert math.isinf(m["psnr_full"]) and math.isinf(m["psnr_ldctbench"])
+        assert m["rmse_full"] == 0.0 and m["rmse_ldctbench"] == 0.0
+
+
 def test_rmse_ranges():
     ref = np.full((16, 16), 2000.0)
     pred = np.full((16, 16), 3000.0)

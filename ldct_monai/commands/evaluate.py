@@ -28,7 +28,7 @@ def evaluate(
     baselines: str = typer.Option("gaussian,nlm", "--baselines", help="Classical baselines: comma list of gaussian, nlm; or none."),
     max_slices: int | None = typer.Option(None, "--max-slices", help="Evaluate an evenly spaced subset of N test slices."),
     n_figures: int = typer.Option(3, "--n-figures", help="Slices to draw (0 for none)."),
-    tune_slices: int = typer.Option(6, "--tune-slices", help="Val slices per body part and dose used to tune the baselines."),
+    tune_slices: int = typer.Option(4, "--tune-slices", help="Val slices per body part and dose used to tune the baselines."),
     gaussian_sigma: float | None = typer.Option(None, "--gaussian-sigma", help="Fixed Gaussian sigma in px (default: tuned on val)."),
     nlm_h: float | None = typer.Option(None, "--nlm-h", help="Fixed non-local means h in HU (default: tuned on val)."),
     per_body_part: bool = typer.Option(False, "--per-body-part", help="Also print table rows per body part."),
