@@ -178,6 +178,7 @@ def evaluate(
         summary = _summary_dict(
             metrics, summary_df, config, model, manifest_dir, manifest_hash(manifest_dir), denoiser, params, figures, timing
         )
+        summary["out_dir"] = str(out_dir.resolve())
         atomic_write_text(tmp / "metrics.csv", metrics.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(tmp / "summary.csv", summary_df.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(tmp / "summary.md", summary_markdown(summary))
@@ -599,9 +600,18 @@ def summary_markdown(summary: dict) -> str:
     if summary["figures"]:
         lines += ["", "## Figures", ""]
         for f in summary["figures"]:
-            lines.append(f"- {f['patient_id']} z={f['z']:.1f} mm: [{f['comparison']}]({f['comparison']}), [{f['difference']}]({f['difference']})")
+            lines += [
+                f"### {f['patient_id']} ({BODY_PART_NAMES.get(f['body_part'], f['body_part'])}), z = {f['z']:.1f} mm",
+                "",
+                f"![{f['patient_id']} comparison]({f['comparison']})",
+                "",
+                f"![{f['patient_id']} difference maps]({f['difference']})",
+                "",
+            ]
     t = summary["timing_s"]
-    lines += ["", f"Wall time {t.get('total_s', float('nan')):.1f} s (model {t.get('model_s', float('nan')):.1f} s).", ""]
+    if lines[-1]:
+        lines.append("")
+    lines += [f"Wall time {t.get('total_s', float('nan')):.1f} s (model {t.get('model_s', float('nan')):.1f} s).", ""]
     return "\n".join(lines)
 
 
@@ -620,7 +630,7 @@ def _write_figures(out: Path, pairs: list[_Pair], config: EvalConfig, params: di
     figures = []
     for p in pairs:
         pid, z, bp = str(p.row["patient_id"]), float(p.row["z"]), p.body_part
-        stem = f"{_safe(pid)}_z{z:+08.2f}".replace("+", "p").replace("-", "m")
+        stem = f"{_safe(pid)}_z{z:.2f}"  # e.g. L067_z-123.50
         win = LDCTBENCH_WINDOWS[bp]
         title = f"{pid} ({BODY_PART_NAMES[bp.value]}), z = {z:.1f} mm"
         panels = {"low-dose": p.images[INPUT], "model": p.images[MODEL]}

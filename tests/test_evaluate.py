@@ -241,6 +241,22 @@ def test_bad_input_is_one_clear_error(workspace, tmp_path):
     assert not any(p.name.startswith("o") for p in tmp_path.iterdir())  # nothing half-written
 
 
+def test_tile_is_passed_only_when_given(workspace, tmp_path):
+    """--tile reaches Denoiser(tile=...) when the Denoiser has tiling, else a clear one-line error."""
+    import inspect
+
+    from ldct_monai.inference import Denoiser
+
+    tmp, man, _ = workspace
+    cfg = EvalConfig(device="cpu", tile=32, n_figures=0, baselines=(), max_slices=1)
+    if "tile" in inspect.signature(Denoiser.__init__).parameters:
+        s = evaluate(man, tmp / "run", tmp_path / "t", cfg, progress=False)
+        assert s["config"]["tile"] == 32 and s["results"]["all"]["model"]["n"] == 1
+    else:
+        with pytest.raises(InputError, match="--tile 32"):
+            evaluate(man, tmp / "run", tmp_path / "t", cfg, progress=False)
+
+
 def test_cli_runs_and_reports(workspace, tmp_path):
     tmp, man, _ = workspace
     runner = CliRunner()
