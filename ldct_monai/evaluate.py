@@ -333,8 +333,7 @@ def _tune_baselines(manifest_dir: Path, config: EvalConfig, body_parts: Sequence
     Returns:
         ``{baseline: {"criterion": str, "per_body_part": {bp: {...}}, ...}}``
     """
-    from ldct_monai.baselines import noise_level, tune_gaussian, tune_nlm
-    from ldct_monai.baselines import n_tune_steps
+    from ldct_monai.baselines import n_tune_steps, noise_level, tune_gaussian, tune_nlm
 
     if not config.baselines:
         return {}
@@ -385,7 +384,10 @@ def _tune_baselines(manifest_dir: Path, config: EvalConfig, body_parts: Sequence
                 log.warning("%s on body part %s: could not match the full-dose noise %.1f HU (got %.1f HU).", b, key, target, t.noise_hu)
     prog.update(task, completed=prog.tasks[task].total)
     for b in need_tuning:
-        per_bp = {bp.value: dict(tuned[b].get(bp.value, tuned[b].get(ALL)), **({} if bp.value in tuned[b] else {"pooled": True})) for bp in body_parts}
+        per_bp = {}
+        for bp in body_parts:
+            own = tuned[b].get(bp.value)
+            per_bp[bp.value] = dict(own) if own is not None else {**tuned[b][ALL], "pooled": True}
         out[b] = {
             "criterion": "match flat-region noise std of val full-dose slices (see docs/evaluation.md)",
             "per_body_part": per_bp,
