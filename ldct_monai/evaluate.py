@@ -389,7 +389,7 @@ def _tune_baselines(manifest_dir: Path, config: EvalConfig, body_parts: Sequence
             own = tuned[b].get(bp.value)
             per_bp[bp.value] = dict(own) if own is not None else {**tuned[b][ALL], "pooled": True}
         out[b] = {
-            "criterion": "match flat-region noise std of val full-dose slices (see docs/evaluation.md)",
+            "criterion": "strength matched to the flat-region noise of the val full-dose slices, docs/evaluation.md",
             "per_body_part": per_bp,
         }
     return {b: out[b] for b in config.baselines}
