@@ -1,4 +1,4 @@
-"""`ldct-monai evaluate` command."""
+"""`ldct-monai evaluate`: paired test metrics, baselines and figures for a trained model."""
 
 from __future__ import annotations
 
@@ -6,9 +6,55 @@ from pathlib import Path
 
 import typer
 
-from ldct_monai.errors import NotImplementedYet
+from ldct_monai.errors import InputError
 
 
-def evaluate(manifest: Path = typer.Option(..., "--manifest", help="Manifest folder.")) -> None:
-    """Paired test metrics and figures for a model."""
-    raise NotImplementedYet("'ldct-monai evaluate' is not implemented yet.")
+def parse_baselines(value: str) -> tuple[str, ...]:
+    """'gaussian,nlm' -> ('gaussian', 'nlm'); 'none' or '' -> ()."""
+    names = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+    if names in ((), ("none",)):
+        return ()
+    return names
+
+
+def evaluate(
+    manifest: Path = typer.Option(..., "--manifest", help="Manifest folder (test_pairs.csv, val_*.csv, splits.json)."),
+    model: Path = typer.Option(..., "--model", help="Trained model: RUN_DIR or RUN_DIR/model."),
+    out: Path = typer.Option(..., "--out", help="Report folder to create (metrics.csv, summary.*, figures/)."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu or cuda[:N]."),
+    precision: str = typer.Option("fp32", "--precision", help="Inference precision: fp32, bf16 or fp16."),
+    tile: int | None = typer.Option(None, "--tile", help="Tile size in px for tiled inference (default: whole slices)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Slices per forward pass."),
+    baselines: str = typer.Option("gaussian,nlm", "--baselines", help="Classical baselines: comma list of gaussian, nlm; or none."),
+    max_slices: int | None = typer.Option(None, "--max-slices", help="Evaluate an evenly spaced subset of N test slices."),
+    n_figures: int = typer.Option(3, "--n-figures", help="Slices to draw (0 for none)."),
+    tune_slices: int = typer.Option(4, "--tune-slices", help="Val slices per body part and dose used to tune the baselines."),
+    gaussian_sigma: float | None = typer.Option(None, "--gaussian-sigma", help="Fixed Gaussian sigma in px (default: tuned on val)."),
+    nlm_h: float | None = typer.Option(None, "--nlm-h", help="Fixed non-local means h in HU (default: tuned on val)."),
+    per_body_part: bool = typer.Option(False, "--per-body-part", help="Also print table rows per body part."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty report folder."),
+) -> None:
+    """Paired test metrics (PSNR, SSIM, RMSE under two conventions), baselines and figures for a model."""
+    from ldct_monai.evaluate import EvalConfig, evaluate as run_evaluate, print_summary
+    from ldct_monai.progress import console
+    from ldct_monai.runtime import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, found {precision!r}.")
+    config = EvalConfig(
+        device=device,
+        precision=precision,
+        tile=tile,
+        batch_size=batch_size,
+        baselines=parse_baselines(baselines),
+        max_slices=max_slices,
+        n_figures=n_figures,
+        tune_slices=tune_slices,
+        gaussian_sigma=gaussian_sigma,
+        nlm_h=nlm_h,
+    )
+    summary = run_evaluate(manifest, model, out, config, overwrite=overwrite, progress=True)
+    print_summary(summary, per_body_part=per_body_part)
+    console.print(f"Report: {out / 'summary.md'} (and metrics.csv, summary.csv, summary.json)", highlight=False, soft_wrap=True)
+    for f in summary["figures"]:
+        console.print(f"Figures: {out / f['comparison']} {out / f['difference']}", highlight=False, soft_wrap=True)

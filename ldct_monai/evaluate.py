@@ -1,0 +1,712 @@
+"""Paired test evaluation: manifest + model -> per-slice metrics, summaries and figures.
+
+:func:`evaluate` runs the model (through :class:`ldct_monai.inference.Denoiser`, the same path as
+``denoise``) and the classical baselines on every low-dose slice of ``test_pairs.csv``, compares each
+with its paired full-dose slice under both metric conventions of :mod:`ldct_monai.metrics`, and writes
+into ``REPORT_DIR`` (atomically)::
+
+    metrics.csv    one row per slice x method
+    summary.csv    mean / std per body part (and "all") x method, with gains vs the low-dose input
+    summary.md     the same as readable tables, with the conventions and baseline settings
+    summary.json   everything above plus provenance (model card hash, manifest hash, versions)
+    figures/       LD | model | baselines | FD and difference maps for a few slices
+
+Deterministic: slices are chosen and ordered by (body part, patient, z); no random numbers are used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ldct_monai import __version__
+from ldct_monai.baselines import BASELINES
+from ldct_monai.config import BodyPart
+from ldct_monai.errors import InputError
+from ldct_monai.metrics import (
+    CONVENTIONS,
+    LDCTBENCH_WINDOWS,
+    METRIC_COLUMNS,
+    METRIC_UNITS,
+    METRICS,
+    body_part_of,
+    conventions_description,
+    finite_or_none,
+)
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FORMAT = 1
+INPUT = "low_dose"  # the method name of the unprocessed low-dose row; gains are measured against it
+MODEL = "model"
+METHOD_LABELS = {INPUT: "low-dose input", MODEL: "model", "gaussian": "Gaussian filter", "nlm": "non-local means"}
+ALL = "all"  # body-part value of the pooled rows in the summaries
+BODY_PART_NAMES = {"C": "chest", "L": "abdomen", "N": "head", ALL: "all"}
+TEST_COLUMNS = ("patient_id", "body_part", "z", "ld_path", "fd_path")
+ID_COLUMNS = ("slice", "patient_id", "body_part", "z", "ld_sop_uid", "fd_sop_uid", "method", "window_center", "window_width")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation run (CLI options map one-to-one onto these fields)."""
+
+    device: str = "auto"  # cuda when present, else cpu
+    precision: str = "fp32"  # fp32 is what DICOM output uses; bf16/fp16 only to measure their effect
+    tile: int | None = None  # tile size in px for tiled inference; None = whole slices
+    batch_size: int = 4  # slices per forward pass
+    baselines: tuple[str, ...] = BASELINES  # classical filters run on the same slices
+    max_slices: int | None = None  # evenly spaced subset of the sorted test pairs; None = all
+    n_figures: int = 3  # slices drawn (one per body part first)
+    crop: float = 0.5  # centre crop side as a fraction of the slice side (figures)
+    tune_slices: int = 4  # val slices per body part and dose to tune the baselines on (NLM: ~0.3 s per 512 px slice and try)
+    gaussian_sigma: float | None = None  # px; fixed instead of tuned on val
+    nlm_h: float | None = None  # HU; fixed instead of tuned on val
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", tuple(self.baselines))  # a list from Python callers is fine too
+        problems = []
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            problems.append(f"unknown baseline(s) {', '.join(unknown)} (expected some of {', '.join(BASELINES)})")
+        if len(set(self.baselines)) != len(self.baselines):
+            problems.append(f"baselines listed twice: {', '.join(self.baselines)}")
+        if self.batch_size < 1:
+            problems.append(f"batch size must be >= 1, found {self.batch_size}")
+        if self.max_slices is not None and self.max_slices < 1:
+            problems.append(f"max slices must be >= 1, found {self.max_slices}")
+        if self.n_figures < 0:
+            problems.append(f"number of figures must be >= 0, found {self.n_figures}")
+        if not 0.05 <= self.crop <= 1.0:
+            problems.append(f"crop must be in [0.05, 1], found {self.crop}")
+        if self.tune_slices < 1:
+            problems.append(f"tune slices must be >= 1, found {self.tune_slices}")
+        if self.tile is not None and self.tile < 16:
+            problems.append(f"tile must be >= 16 px, found {self.tile}")
+        if self.gaussian_sigma is not None and self.gaussian_sigma < 0:
+            problems.append(f"Gaussian sigma must be >= 0 px, found {self.gaussian_sigma}")
+        if self.nlm_h is not None and self.nlm_h < 0:
+            problems.append(f"NLM h must be >= 0 HU, found {self.nlm_h}")
+        if problems:
+            raise InputError("evaluate: " + "; ".join(problems) + ".")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return (INPUT, MODEL, *self.baselines)
+
+
+@dataclass
+class _Pair:
+    """One test pair after loading (arrays only for slices that get a figure)."""
+
+    row: dict
+    body_part: BodyPart
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    manifest_dir: Path,
+    model_path: Path,
+    out_dir: Path,
+    config: EvalConfig = EvalConfig(),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a model and the baselines on the paired test split; write the report folder.
+
+    Args:
+        manifest_dir: folder written by ``build-manifest`` (``test_pairs.csv``, ``val_*.csv``, ``splits.json``).
+        model_path: ``RUN_DIR`` or ``RUN_DIR/model``.
+        out_dir: report folder (created atomically; refused if non-empty unless ``overwrite``).
+        config: run settings.
+        overwrite: replace an existing non-empty ``out_dir``.
+        progress: show rich progress bars (stderr).
+
+    Returns:
+        The summary (the content of ``summary.json``).
+
+    Raises:
+        InputError: bad manifest, model, slices or settings.
+        OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+    """
+    from ldct_monai.io_utils import atomic_output_dir, atomic_write_text, check_output_dir
+    from ldct_monai.manifest import load_split, manifest_hash
+    from ldct_monai.modelio import load_model
+    from ldct_monai.progress import make_progress
+
+    t_start = time.perf_counter()
+    manifest_dir = Path(manifest_dir)
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, overwrite)  # fail before any work
+    pairs_df = _test_pairs(load_split(manifest_dir, "test_pairs"), manifest_dir)
+    selected = _select(pairs_df, config.max_slices)
+    model = load_model(model_path)
+    denoiser = _make_denoiser(model, config)
+    figure_idx = set(_figure_slices(selected, config.n_figures))
+    timing: dict[str, float] = {}
+
+    with make_progress(disable=not progress) as prog:
+        t0 = time.perf_counter()
+        params = _tune_baselines(manifest_dir, config, sorted({p.body_part for p in selected}, key=_bp_order), prog)
+        timing["tune_baselines_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows, method_time = _run(selected, denoiser, config, params, figure_idx, prog)
+        timing["evaluate_s"] = time.perf_counter() - t0
+        timing.update({f"{m}_s": v for m, v in method_time.items()})
+
+    import pandas as pd
+
+    metrics = pd.DataFrame(rows, columns=[*ID_COLUMNS, *METRIC_COLUMNS])
+    summary_df = summarize(metrics, config.methods)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        t0 = time.perf_counter()
+        figures = _write_figures(tmp, [selected[i] for i in sorted(figure_idx)], config, params)
+        timing["figures_s"] = time.perf_counter() - t0
+        timing["total_s"] = time.perf_counter() - t_start
+        summary = _summary_dict(
+            metrics, summary_df, config, model, manifest_dir, manifest_hash(manifest_dir), denoiser, params, figures, timing
+        )
+        summary["out_dir"] = str(out_dir.resolve())
+        atomic_write_text(tmp / "metrics.csv", metrics.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(tmp / "summary.csv", summary_df.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(tmp / "summary.md", summary_markdown(summary))
+        atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log.info("evaluate: %d slices x %d methods -> %s", len(selected), len(config.methods), out_dir)
+    return summary
+
+
+def _test_pairs(df, manifest_dir: Path) -> list[_Pair]:
+    missing = [c for c in TEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{manifest_dir / 'test_pairs.csv'}: missing column(s) {', '.join(missing)}.")
+    if df.empty:
+        raise InputError(f"{manifest_dir / 'test_pairs.csv'}: no test pairs (the test split is empty).")
+    bad = sorted({str(v) for v in df["body_part"] if not _is_body_part(v)})
+    if bad:
+        raise InputError(
+            f"{manifest_dir / 'test_pairs.csv'}: unknown body part(s) {', '.join(bad)} "
+            "(expected C, L or N: the LDCTBench windows are defined for chest, abdomen and head)."
+        )
+    pairs = []
+    for rec in df.to_dict("records"):
+        rec = {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+        pairs.append(_Pair(row=rec, body_part=body_part_of(rec["body_part"])))
+    pairs.sort(key=lambda p: (_bp_order(p.body_part), str(p.row["patient_id"]), float(p.row["z"])))
+    return pairs
+
+
+def _is_body_part(v: object) -> bool:
+    try:
+        body_part_of(str(v))
+    except InputError:
+        return False
+    return True
+
+
+def _bp_order(bp: BodyPart) -> int:
+    return list(BodyPart).index(bp)
+
+
+def _select(pairs: list[_Pair], max_slices: int | None) -> list[_Pair]:
+    """All pairs, or ``max_slices`` evenly spaced over the sorted list (so every body part is hit)."""
+    if max_slices is None or max_slices >= len(pairs):
+        return pairs
+    idx = np.unique(np.round(np.linspace(0, len(pairs) - 1, max_slices)).astype(int))
+    return [pairs[i] for i in idx]
+
+
+def _figure_slices(pairs: list[_Pair], n: int) -> list[int]:
+    """Indices of ``n`` slices to draw: the middle slice of each body part first, then the next ones."""
+    groups: dict[BodyPart, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.body_part, []).append(i)
+    queues = []
+    for g in groups.values():
+        mid = (len(g) - 1) / 2
+        queues.append([g[j] for j in sorted(range(len(g)), key=lambda j: (abs(j - mid), j))])
+    out: list[int] = []
+    while len(out) < min(n, len(pairs)):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+def _make_denoiser(model, config: EvalConfig):
+    from ldct_monai.inference import Denoiser
+
+    kwargs: dict = {"device": config.device, "precision": config.precision, "batch_size": config.batch_size}
+    if config.tile is not None:  # passed only when asked for: works with Denoisers with and without tiling
+        kwargs["tile"] = config.tile
+    try:
+        return Denoiser(model, **kwargs)
+    except TypeError as err:
+        raise InputError(f"--tile {config.tile}: this version's Denoiser has no tiled inference ({err}).") from err
+
+
+def _read_pair(pair: _Pair) -> tuple[np.ndarray, np.ndarray]:
+    from ldct_monai.dicom.core import read_hu
+
+    ld = read_hu(pair.row["ld_path"])
+    fd = read_hu(pair.row["fd_path"])
+    if ld.shape != fd.shape:
+        raise InputError(
+            f"{pair.row['ld_path']}: low-dose slice is {ld.shape[1]}x{ld.shape[0]} px but its full-dose pair "
+            f"{pair.row['fd_path']} is {fd.shape[1]}x{fd.shape[0]} px (expected the same size)."
+        )
+    return ld, fd
+
+
+def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_idx: set[int], prog) -> tuple[list[dict], dict]:
+    """Denoise, filter and score every selected pair; keep the images of the figure slices."""
+    from ldct_monai.baselines import gaussian_denoise, nlm_denoise
+    from ldct_monai.metrics import slice_metrics
+
+    method_time = {m: 0.0 for m in (MODEL, *config.baselines, "metrics")}
+    task = prog.add_task("evaluate", total=len(pairs), unit="slice")
+    rows: list[dict] = []
+    for start in range(0, len(pairs), config.batch_size):
+        chunk = pairs[start : start + config.batch_size]
+        loaded = [_read_pair(p) for p in chunk]
+        t0 = time.perf_counter()
+        shapes = {ld.shape for ld, _ in loaded}
+        if len(shapes) == 1:
+            den = list(denoiser(np.stack([ld for ld, _ in loaded])))
+        else:  # mixed slice sizes: one forward pass each
+            den = [denoiser(ld) for ld, _ in loaded]
+        method_time[MODEL] += time.perf_counter() - t0
+        for k, (pair, (ld, fd), dn) in enumerate(zip(chunk, loaded, den)):
+            bp = pair.body_part
+            images = {INPUT: ld, MODEL: np.asarray(dn, dtype=np.float32)}
+            for b in config.baselines:
+                t0 = time.perf_counter()
+                p = params[b]["per_body_part"][bp.value]
+                images[b] = gaussian_denoise(ld, p["sigma_px"]) if b == "gaussian" else nlm_denoise(ld, p["h_hu"])
+                method_time[b] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scores = slice_metrics(np.stack([images[m] for m in config.methods]), fd, bp, device=str(denoiser.device))
+            method_time["metrics"] += time.perf_counter() - t0
+            win = LDCTBENCH_WINDOWS[bp]
+            for m, s in zip(config.methods, scores):
+                rows.append(
+                    {
+                        "slice": start + k,
+                        "patient_id": str(pair.row["patient_id"]),
+                        "body_part": bp.value,
+                        "z": float(pair.row["z"]),
+                        "ld_sop_uid": str(pair.row.get("ld_sop_uid", "")),
+                        "fd_sop_uid": str(pair.row.get("fd_sop_uid", "")),
+                        "method": m,
+                        "window_center": win.center,
+                        "window_width": win.width,
+                        **s,
+                    }
+                )
+            if start + k in figure_idx:
+                pair.images = {**images, "full_dose": fd}
+            prog.update(task, advance=1, info=f"{pair.row['patient_id']} z={float(pair.row['z']):.1f}")
+    return rows, method_time
+
+
+# --------------------------------------------------------------------------------------------------
+# Baseline tuning on the val split
+# --------------------------------------------------------------------------------------------------
+
+
+def _tune_baselines(manifest_dir: Path, config: EvalConfig, body_parts: Sequence[BodyPart], prog) -> dict:
+    """Per-body-part filter strengths (fixed by the config, or tuned on val by noise matching).
+
+    Body parts without val slices of both doses use the strengths tuned on all val slices pooled.
+
+    Returns:
+        ``{baseline: {"criterion": str, "per_body_part": {bp: {...}}, ...}}``
+    """
+    from ldct_monai.baselines import n_tune_steps, noise_level, tune_gaussian, tune_nlm
+
+    if not config.baselines:
+        return {}
+    fixed = {"gaussian": config.gaussian_sigma, "nlm": config.nlm_h}
+    need_tuning = [b for b in config.baselines if fixed[b] is None]
+    out: dict = {}
+    for b in config.baselines:
+        if fixed[b] is not None:
+            key = "sigma_px" if b == "gaussian" else "h_hu"
+            out[b] = {"criterion": "fixed by the user", "per_body_part": {bp.value: {key: fixed[b]} for bp in body_parts}}
+    if not need_tuning:
+        return out
+
+    val = _val_slices(manifest_dir, config.tune_slices)
+    groups: dict[str, tuple[list, list]] = {}
+    for bp in body_parts:
+        ld, fd = val.get(bp.value, ([], []))
+        if ld and fd:
+            groups[bp.value] = (ld, fd)
+    if len(groups) < len(body_parts):
+        pooled_ld = [im for ld, _ in val.values() for im in ld]
+        pooled_fd = [im for _, fd in val.values() for im in fd]
+        if not (pooled_ld and pooled_fd):
+            raise InputError(
+                f"{manifest_dir}: the val split has no low-dose and full-dose slices to tune the baselines on "
+                "(give --gaussian-sigma / --nlm-h, or --baselines none)."
+            )
+        groups[ALL] = (pooled_ld, pooled_fd)
+
+    task = prog.add_task("tune baselines (val)", total=len(groups) * len(need_tuning) * n_tune_steps(), unit="fit")
+    tuned: dict[str, dict[str, dict]] = {b: {} for b in need_tuning}
+    for key, (ld, fd) in groups.items():
+        target = noise_level(fd)
+        if not math.isfinite(target):
+            raise InputError(
+                f"{manifest_dir}: no homogeneous soft tissue ([-50, 150] HU) found in the val full-dose slices "
+                f"of body part {key}: cannot measure their noise (give --gaussian-sigma / --nlm-h)."
+            )
+        step = lambda: prog.update(task, advance=1, info=f"{key}")  # noqa: E731
+        for b in need_tuning:
+            if b == "gaussian":
+                t = tune_gaussian(ld, target, on_step=step)
+                tuned[b][key] = {"sigma_px": t.param, **_tuned_facts(t, len(ld), len(fd))}
+            else:
+                t, sigma = tune_nlm(ld, target, on_step=step)
+                tuned[b][key] = {"h_hu": t.param, "h_over_sigma": t.param / sigma, **_tuned_facts(t, len(ld), len(fd))}
+            if not t.reached:
+                log.warning("%s on body part %s: could not match the full-dose noise %.1f HU (got %.1f HU).", b, key, target, t.noise_hu)
+    prog.update(task, completed=prog.tasks[task].total)
+    for b in need_tuning:
+        per_bp = {}
+        for bp in body_parts:
+            own = tuned[b].get(bp.value)
+            per_bp[bp.value] = dict(own) if own is not None else {**tuned[b][ALL], "pooled": True}
+        out[b] = {
+            "criterion": "strength matched to the flat-region noise of the val full-dose slices, docs/evaluation.md",
+            "per_body_part": per_bp,
+        }
+    return {b: out[b] for b in config.baselines}
+
+
+def _tuned_facts(t, n_ld: int, n_fd: int) -> dict:
+    return {
+        "val_ld_noise_hu": t.input_noise_hu,
+        "val_fd_noise_hu": t.target_hu,
+        "filtered_noise_hu": t.noise_hu,
+        "reached": t.reached,
+        "n_val_ld": n_ld,
+        "n_val_fd": n_fd,
+    }
+
+
+def _val_slices(manifest_dir: Path, per_group: int) -> dict[str, tuple[list, list]]:
+    """Up to ``per_group`` evenly spaced val slices (HU) per body part and dose."""
+    from ldct_monai.dicom.core import read_hu
+    from ldct_monai.manifest import load_split
+
+    out: dict[str, tuple[list, list]] = {}
+    for dose_i, split in enumerate(("val_ld", "val_fd")):
+        try:
+            df = load_split(manifest_dir, split)
+        except InputError:
+            log.warning("%s: no %s split; baselines are tuned without it.", manifest_dir, split)
+            continue
+        if df.empty:
+            continue
+        for col in ("body_part", "path"):
+            if col not in df.columns:
+                raise InputError(f"{manifest_dir / (split + '.csv')}: missing column {col!r}.")
+        df = df.assign(_bp=[body_part_of(v).value if _is_body_part(v) else None for v in df["body_part"]])
+        df = df[df["_bp"].notna()]
+        sort_cols = [c for c in ("patient_id", "z", "path") if c in df.columns]
+        for bp, g in df.sort_values(sort_cols).groupby("_bp", sort=True):
+            paths = list(g["path"])
+            idx = np.unique(np.round(np.linspace(0, len(paths) - 1, min(per_group, len(paths)))).astype(int))
+            out.setdefault(bp, ([], []))[dose_i].extend(read_hu(paths[i]) for i in idx)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------------
+
+
+def summarize(metrics, methods: Sequence[str]):
+    """Per body part (and pooled "all") x method: n, mean, std and the paired gain vs the low-dose input.
+
+    The gain of a method is the mean (and std) over slices of ``metric(method) - metric(input)`` on the
+    same slice; for RMSE a negative gain is an improvement. std is the sample std (ddof 1; 0 for n = 1).
+
+    Args:
+        metrics: the per-slice table (``metrics.csv``).
+        methods: method names in report order.
+
+    Returns:
+        pandas DataFrame with columns body_part, method, n, and ``<metric>_{mean,std,gain_mean,gain_std}``.
+    """
+    import pandas as pd
+
+    recs = []
+    key = ["slice"]
+    parts = [bp for bp in (b.value for b in BodyPart) if bp in set(metrics["body_part"])]
+    for bp in [*parts, ALL]:
+        sub = metrics if bp == ALL else metrics[metrics["body_part"] == bp]
+        base = sub[sub["method"] == INPUT].set_index(key)
+        for m in methods:
+            cur = sub[sub["method"] == m].set_index(key)
+            rec = {"body_part": bp, "method": m, "n": int(len(cur))}
+            for col in METRIC_COLUMNS:
+                vals = cur[col].astype(float)
+                gain = (vals - base[col].astype(float).reindex(vals.index)).to_numpy()
+                rec[f"{col}_mean"] = _mean(vals.to_numpy())
+                rec[f"{col}_std"] = _std(vals.to_numpy())
+                rec[f"{col}_gain_mean"] = _mean(gain)
+                rec[f"{col}_gain_std"] = _std(gain)
+            recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def _mean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def _std(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return 0.0 if len(x) else float("nan")
+    if not np.all(np.isfinite(x)):
+        return float("nan")
+    return float(np.std(x, ddof=1))
+
+
+def _summary_dict(metrics, summary_df, config, model, manifest_dir, mhash, denoiser, params, figures, timing) -> dict:
+    from ldct_monai.runtime import package_versions
+
+    results: dict = {}
+    for rec in summary_df.to_dict("records"):
+        entry = {"n": rec["n"]}
+        for col in METRIC_COLUMNS:
+            entry[col] = {s: finite_or_none(rec[f"{col}_{s}"]) for s in ("mean", "std", "gain_mean", "gain_std")}
+        results.setdefault(rec["body_part"], {})[rec["method"]] = entry
+    slices = metrics[metrics["method"] == INPUT]
+    return {
+        "format": SUMMARY_FORMAT,
+        "tool": f"ldct-monai {__version__} evaluate",
+        "model": {
+            "path": str(model.path),
+            "name": model.name,
+            "card_hash": model.card_hash,
+            "step": model.card.get("step"),
+            "hu_window": model.hu_window.asdict(),
+        },
+        "manifest": {"path": str(manifest_dir), "hash": mhash},
+        "config": {**asdict(config), "baselines": list(config.baselines)},
+        "device": str(denoiser.device),
+        "precision": config.precision,
+        "methods": list(config.methods),
+        "method_labels": {m: METHOD_LABELS[m] for m in config.methods},
+        "n_slices": int(len(slices)),
+        "n_patients": int(slices["patient_id"].nunique()),
+        "slices_per_body_part": {bp: int(n) for bp, n in slices.groupby("body_part").size().items()},
+        "conventions": conventions_description(),
+        "baselines": params,
+        "results": results,
+        "files": {"metrics": "metrics.csv", "summary_csv": "summary.csv", "summary_md": "summary.md"},
+        "figures": figures,
+        "timing_s": {k: round(v, 3) for k, v in timing.items()},
+        "versions": package_versions(),
+    }
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _fmt_gain(x: float | None, digits: int) -> str:
+    return "n/a" if x is None else f"{x:+.{digits}f}"
+
+
+DIGITS = {"psnr": 2, "ssim": 4, "rmse": 1}
+
+
+def summary_markdown(summary: dict) -> str:
+    """``summary.md``: one table per convention (mean ± std, gain vs input), then settings and figures."""
+    conv = summary["conventions"]
+    labels = summary["method_labels"]
+    lines = [
+        "# ldct-monai evaluation",
+        "",
+        f"Model `{summary['model']['name']}` (card {summary['model']['card_hash']}, step {summary['model']['step']}) "
+        f"on manifest {summary['manifest']['hash']}: {summary['n_slices']} paired test slices from "
+        f"{summary['n_patients']} patients ("
+        + ", ".join(f"{BODY_PART_NAMES.get(bp, bp)} {n}" for bp, n in summary["slices_per_body_part"].items())
+        + f"); device {summary['device']}, precision {summary['precision']}.",
+        "",
+        "Values are mean ± std over slices; Δ is the mean paired difference to the low-dose input "
+        "(higher PSNR/SSIM and lower RMSE are better).",
+    ]
+    titles = {
+        "full": "Full range [-1024, 3071] HU (data range 4095 HU; RMSE on the same range)",
+        "ldctbench": "LDCTBench windows (chest C -600/W 1500, abdomen C 50/W 400, head C 40/W 80; RMSE on [-1024, 1900] HU)",
+    }
+    for c in CONVENTIONS:
+        lines += ["", f"## {titles[c]}", ""]
+        head = ["body part", "method"]
+        for m in METRICS:
+            unit = f" ({METRIC_UNITS[m]})" if METRIC_UNITS[m] else ""
+            head += [f"{m.upper()}{unit}", f"Δ {m.upper()}"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for bp, per_method in summary["results"].items():
+            for method in summary["methods"]:
+                e = per_method[method]
+                cells = [f"{BODY_PART_NAMES.get(bp, bp)} (n={e['n']})", labels[method]]
+                for m in METRICS:
+                    s = e[f"{m}_{c}"]
+                    d = DIGITS[m]
+                    cells.append(f"{_fmt(s['mean'], d)} ± {_fmt(s['std'], d)}")
+                    cells.append("—" if method == INPUT else _fmt_gain(s["gain_mean"], d))
+                lines.append("| " + " | ".join(cells) + " |")
+    ss = conv["ssim"]
+    lines += [
+        "",
+        "## Conventions",
+        "",
+        "- Fixed HU maps only, never per-image min-max normalisation (it would rescale each image by its own extremes "
+        "and hide HU errors).",
+        f"- SSIM: MONAI SSIMMetric, {ss['kernel_type']} window {ss['win_size']} px, sigma {ss['kernel_sigma']}, "
+        f"K1 {ss['k1']}, K2 {ss['k2']}, data range 1 on the [0, 1] scale; PSNR: MONAI PSNRMetric, data range 1.",
+    ]
+    if summary["baselines"]:
+        lines += ["", "## Baselines", ""]
+        for b, p in summary["baselines"].items():
+            lines.append(f"- {labels[b]} ({p['criterion']}):")
+            for bp, v in p["per_body_part"].items():
+                if b == "gaussian":
+                    s = f"sigma {v['sigma_px']:.3g} px"
+                else:
+                    s = f"h {v['h_hu']:.3g} HU" + (f" ({v['h_over_sigma']:.2f} x LD noise)" if "h_over_sigma" in v else "")
+                if "val_fd_noise_hu" in v:
+                    s += (
+                        f"; val noise LD {v['val_ld_noise_hu']:.1f} HU -> {v['filtered_noise_hu']:.1f} HU "
+                        f"(FD target {v['val_fd_noise_hu']:.1f} HU)" + (" [pooled over body parts]" if v.get("pooled") else "")
+                    )
+                lines.append(f"  - {BODY_PART_NAMES.get(bp, bp)}: {s}")
+    if summary["figures"]:
+        lines += ["", "## Figures", ""]
+        for f in summary["figures"]:
+            lines += [
+                f"### {f['patient_id']} ({BODY_PART_NAMES.get(f['body_part'], f['body_part'])}), z = {f['z']:.1f} mm",
+                "",
+                f"![{f['patient_id']} comparison]({f['comparison']})",
+                "",
+                f"![{f['patient_id']} difference maps]({f['difference']})",
+                "",
+            ]
+    t = summary["timing_s"]
+    if lines[-1]:
+        lines.append("")
+    lines += [f"Wall time {t.get('total_s', float('nan')):.1f} s (model {t.get('model_s', float('nan')):.1f} s).", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures and the console table
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_figures(out: Path, pairs: list[_Pair], config: EvalConfig, params: dict) -> list[dict]:
+    from ldct_monai.figures import comparison_figure, difference_figure
+
+    if not pairs:
+        return []
+    fig_dir = out / "figures"
+    fig_dir.mkdir()
+    figures = []
+    for p in pairs:
+        pid, z, bp = str(p.row["patient_id"]), float(p.row["z"]), p.body_part
+        stem = f"{_safe(pid)}_z{z:.2f}"  # e.g. L067_z-123.50
+        win = LDCTBENCH_WINDOWS[bp]
+        title = f"{pid} ({BODY_PART_NAMES[bp.value]}), z = {z:.1f} mm"
+        panels = {"low-dose": p.images[INPUT], "model": p.images[MODEL]}
+        for b in config.baselines:
+            panels[METHOD_LABELS[b]] = p.images[b]
+        panels["full-dose"] = p.images["full_dose"]
+        comp = fig_dir / f"{stem}_compare.png"
+        diff = fig_dir / f"{stem}_diff.png"
+        comparison_figure(panels, comp, window=win, title=title, crop=config.crop)
+        difference_figure(p.images[INPUT], p.images[MODEL], p.images["full_dose"], diff, title=title, crop=config.crop, denoised_label="model")
+        figures.append(
+            {
+                "patient_id": pid,
+                "body_part": bp.value,
+                "z": z,
+                "comparison": f"figures/{comp.name}",
+                "difference": f"figures/{diff.name}",
+            }
+        )
+        p.images = {}
+    return figures
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "slice"
+
+
+SHORT_LABELS = {INPUT: "low-dose", MODEL: "model", "gaussian": "Gaussian", "nlm": "NLM"}
+
+
+def summary_table(summary: dict, per_body_part: bool = False):
+    """A short rich table (fits 80 columns): mean PSNR / SSIM per method and convention, gain vs input.
+
+    Args:
+        summary: the dict :func:`evaluate` returns (or ``summary.json`` loaded).
+        per_body_part: add a section per body part under the pooled one.
+    """
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=f"Paired test metrics: mean over {summary['n_slices']} slices (gain vs low-dose input)",
+        caption="full = [-1024, 3071] HU; window = LDCTBench body-part window",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("method", no_wrap=True)
+    for c in ("full", "window"):
+        table.add_column(f"PSNR dB {c}", justify="right", no_wrap=True)
+        table.add_column(f"SSIM {c}", justify="right", no_wrap=True)
+    parts = [ALL] + ([bp for bp in summary["results"] if bp != ALL] if per_body_part else [])
+    for bp in parts:
+        if per_body_part:
+            n = summary["results"][bp][INPUT]["n"]
+            table.add_row(f"[bold]{BODY_PART_NAMES.get(bp, bp)}[/] (n={n})")
+        for method in summary["methods"]:
+            e = summary["results"][bp][method]
+            cells = [SHORT_LABELS.get(method, method)]
+            for c in CONVENTIONS:
+                for m in ("psnr", "ssim"):
+                    s = e[f"{m}_{c}"]
+                    d = DIGITS[m] if m == "psnr" else 3
+                    txt = _fmt(s["mean"], d)
+                    if method != INPUT and s["gain_mean"] is not None:
+                        g = s["gain_mean"]
+                        colour = "green" if g > 0 else "red"
+                        txt += f" [{colour}]{_fmt_gain(g, d)}[/]"
+                    cells.append(txt)
+            table.add_row(*cells, end_section=method == summary["methods"][-1])
+    return table
+
+
+def print_summary(summary: dict, per_body_part: bool = False, console=None) -> None:
+    """Print :func:`summary_table` to ``console`` (the package's stderr console by default)."""
+    from ldct_monai.progress import console as default_console
+
+    (console or default_console).print(summary_table(summary, per_body_part=per_body_part))
