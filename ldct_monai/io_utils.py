@@ -18,6 +18,12 @@ from pathlib import Path
 from ldct_monai.errors import InputError, OutputExistsError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse an existing non-empty ``out_dir`` unless ``overwrite``; check its parent is writable.
 
@@ -51,6 +57,7 @@ def atomic_output_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     check_output_dir(out_dir, overwrite)
     parent = out_dir.resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: outputs are for sharing (reports, PACS exports)
     try:
         yield tmp
     except BaseException:
@@ -70,6 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

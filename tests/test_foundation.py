@@ -153,3 +153,16 @@ def test_cli_help_and_version():
     assert r.exit_code == 0
     for cmd in ("synth", "build-manifest", "train", "denoise", "evaluate", "demo", "bench"):
         assert cmd in r.output
+
+
+def test_atomic_outputs_follow_umask(tmp_path):
+    from ldct_monai.io_utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "d") as tmp:
+            atomic_write_text(tmp / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d" / "f.txt").stat().st_mode & 0o777 == 0o644
