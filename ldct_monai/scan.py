@@ -17,10 +17,12 @@ This is the first half of ``build-manifest`` (the second half, grouping and spli
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import math
 import multiprocessing
 import os
 import struct
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -182,47 +184,43 @@ def list_files(data_root: Path, exclude: Sequence[Path] = ()) -> list[str]:
 # Reading one file (runs in the worker processes)
 
 
-def _raw_bytes(ds, tag: int) -> bytes | None:
-    elem = ds.get_item(tag)
-    if elem is None:
-        return None
-    value = elem.value
-    if isinstance(value, bytes):
+def _raw_bytes(vals: dict[int, object], tag: int) -> bytes | None:
+    """The undecoded value bytes of an element (None when absent)."""
+    value = vals.get(tag)
+    if value is None or isinstance(value, bytes):
         return value
-    # Already converted by pydicom (does not happen on this path, but stay correct if it does).
-    if value is None:
-        return b""
+    # Already converted by pydicom (Specific Character Set is converted during the read).
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         return "\\".join(str(v) for v in value).encode()
     return str(value).encode()
 
 
-def _text(ds, tag: int, encoding: str) -> str:
-    raw = _raw_bytes(ds, tag)
+def _text(vals: dict[int, object], tag: int, encoding: str) -> str:
+    raw = _raw_bytes(vals, tag)
     if not raw:
         return ""
     return raw.decode(encoding, "replace").strip(" \x00")
 
 
-def _numbers(ds, tag: int) -> list[float] | None:
-    raw = _raw_bytes(ds, tag)
+def _numbers(vals: dict[int, object], tag: int) -> list[float] | None:
+    raw = _raw_bytes(vals, tag)
     if not raw:
         return None
     try:
-        vals = [float(v) for v in raw.decode("ascii", "replace").strip(" \x00").split("\\")]
+        out = [float(v) for v in raw.decode("ascii", "replace").strip(" \x00").split("\\")]
     except ValueError:
         return None
-    return vals if all(math.isfinite(v) for v in vals) else None
+    return out if all(math.isfinite(v) for v in out) else None
 
 
-def _number(ds, tag: int) -> float | None:
-    vals = _numbers(ds, tag)
-    return vals[0] if vals else None
+def _number(vals: dict[int, object], tag: int) -> float | None:
+    out = _numbers(vals, tag)
+    return out[0] if out else None
 
 
-def _ushort(ds, tag: int, little: bool) -> int | None:
-    """A US value (Rows, Columns, ...), raw 2 bytes in implicit or explicit VR."""
-    raw = _raw_bytes(ds, tag)
+def _ushort(vals: dict[int, object], tag: int, little: bool) -> int | None:
+    """A US value (Rows, Columns, ...): 2 raw bytes in implicit or explicit VR."""
+    raw = _raw_bytes(vals, tag)
     if raw is None or len(raw) < 2:
         return None
     if len(raw) != 2:  # converted text, see _raw_bytes
@@ -233,8 +231,8 @@ def _ushort(ds, tag: int, little: bool) -> int | None:
     return struct.unpack("<H" if little else ">H", raw)[0]
 
 
-def _encoding(ds) -> str:
-    charset = _text(ds, _T_CHARSET, "ascii").upper()
+def _encoding(vals: dict[int, object]) -> str:
+    charset = _text(vals, _T_CHARSET, "ascii").upper()
     return "utf-8" if "ISO_IR 192" in charset else "latin-1"
 
 
@@ -263,7 +261,7 @@ def read_header(root: str, rel: str) -> SliceHeader | Skip:
 
 def _read_header(root: str, rel: str) -> SliceHeader:
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     path = os.path.join(root, rel)
     try:
@@ -284,45 +282,50 @@ def _read_header(root: str, rel: str) -> SliceHeader:
                 ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS, force=True)
             except Exception as err:  # noqa: BLE001 - garbage that merely started like a dataset
                 raise _Reject("not_dicom", f"no DICM prefix and no readable dataset ({type(err).__name__})") from err
-            if ds.get_item(_T_SOP_CLASS) is None and ds.get_item(_T_MODALITY) is None:
+            if _T_SOP_CLASS not in ds and _T_MODALITY not in ds:
                 raise _Reject("not_dicom", "no DICM prefix and no SOPClassUID / Modality")
-        except (EOFError, struct.error) as err:
-            raise _Reject("truncated", f"header ends early ({type(err).__name__}: {err})") from err
+        except (EOFError, struct.error, BytesLengthException) as err:
+            # a value shorter than its VR needs: in practice a file cut inside its header
+            raise _Reject("truncated", f"header ends early ({type(err).__name__}: {str(err)[:120]})") from err
         pixel_at = f.tell()
         pixel_head = f.read(12)
+        # One pass over the (raw, undecoded) elements read; plain int keys make the lookups cheap.
+        vals = {int(tag): elem.value for tag, elem in ds.items()}
         implicit, little = ds.original_encoding
         little = little is not False
         pixel_tag = _pixel_tag(pixel_head, little)
         # A header cut short: pydicom seeks past the end for skipped elements, or keeps a short value.
         # (When the Pixel Data tag was reached, the header is complete: no need to look.)
-        if pixel_tag is None and (pixel_at > size or _last_element_end(ds) > size):
-            raise _Reject("truncated", f"header runs past the end of the file ({size} bytes)")
+        if pixel_tag is None and _header_truncated(f, size, pixel_at):
+            raise _Reject("truncated", f"header stops inside an element ({size} bytes)")
 
-        enc = _encoding(ds)
-        sop_class = _text(ds, _T_SOP_CLASS, "ascii")
-        modality = _text(ds, _T_MODALITY, "ascii").upper()
-        description = _text(ds, _T_SERIES_DESC, enc)
-        if any(ds.get_item(t) is not None for t in _PROJECTION_TAGS):
+        enc = _encoding(vals)
+        sop_class = _text(vals, _T_SOP_CLASS, "ascii")
+        modality = _text(vals, _T_MODALITY, "ascii").upper()
+        description = _text(vals, _T_SERIES_DESC, enc)
+        if pixel_tag is None and not modality:
+            raise _Reject("truncated", "header ends before Modality and Pixel Data")
+        if any(t in vals for t in _PROJECTION_TAGS):
             raise _Reject("projection_data", f"DICOM-CT-PD private tags present ({description!r})")
         if sop_class in MULTIFRAME_CT:
             raise _Reject("multiframe", f"SOPClassUID is {MULTIFRAME_CT[sop_class]}")
         if modality != "CT" or (sop_class and sop_class != CT_IMAGE_STORAGE):
             raise _Reject("not_ct", f"Modality {modality or '(none)'}, SOPClassUID {sop_class or '(none)'}")
-        frames = _number(ds, _T_FRAMES)
+        frames = _number(vals, _T_FRAMES)
         if frames is not None and frames > 1:
             raise _Reject("multiframe", f"NumberOfFrames is {int(frames)}")
-        image_type = _text(ds, _T_IMAGE_TYPE, "ascii").upper()
+        image_type = _text(vals, _T_IMAGE_TYPE, "ascii").upper()
         if any(w in image_type for w in _LOCALIZER_WORDS):
             raise _Reject("localizer", f"ImageType {image_type}")
 
-        rows = _ushort(ds, _T_ROWS, little)
-        cols = _ushort(ds, _T_COLS, little)
+        rows = _ushort(vals, _T_ROWS, little)
+        cols = _ushort(vals, _T_COLS, little)
         if pixel_tag is None:
             raise _Reject("no_pixel_data", "no Pixel Data element after the header")
-        _check_pixel_length(ds, f, pixel_at, pixel_head, size, rows, cols, little, implicit)
+        _check_pixel_length(vals, f, pixel_at, pixel_head, size, rows, cols, little, implicit)
 
-        ipp = _numbers(ds, _T_IPP)
-        iop = _numbers(ds, _T_IOP)
+        ipp = _numbers(vals, _T_IPP)
+        iop = _numbers(vals, _T_IOP)
         if not rows or not cols:
             raise _Reject("missing_geometry", f"Rows x Columns is {rows} x {cols}")
         if ipp is None or len(ipp) != 3:
@@ -333,47 +336,61 @@ def _read_header(root: str, rel: str) -> SliceHeader:
         if z is None:
             raise _Reject("missing_geometry", f"ImageOrientationPatient row and column are parallel ({iop})")
 
-        spacing = _numbers(ds, _T_SPACING)
-        sop_uid = _text(ds, _T_SOP_UID, "ascii")
-        series_uid = _text(ds, _T_SERIES_UID, "ascii")
+        spacing = _numbers(vals, _T_SPACING)
+        sop_uid = _text(vals, _T_SOP_UID, "ascii")
+        series_uid = _text(vals, _T_SERIES_UID, "ascii")
         if not sop_uid or not series_uid:
             raise _Reject("missing_geometry", "SOPInstanceUID or SeriesInstanceUID missing")
-        patient_id = _text(ds, _T_PATIENT_ID, enc) or rel.split("/", 1)[0]
-        instance = _number(ds, _T_INSTANCE)
+        patient_id = _text(vals, _T_PATIENT_ID, enc) or rel.split("/", 1)[0]
+        instance = _number(vals, _T_INSTANCE)
         return SliceHeader(
             path=rel,
             patient_id=patient_id,
-            study_uid=_text(ds, _T_STUDY_UID, "ascii"),
+            study_uid=_text(vals, _T_STUDY_UID, "ascii"),
             series_uid=series_uid,
             sop_uid=sop_uid,
             series_description=description,
-            body_part_examined=_text(ds, _T_BODY_PART, enc).upper(),
+            body_part_examined=_text(vals, _T_BODY_PART, enc).upper(),
             z=z,
             rows=rows,
             cols=cols,
             pixel_spacing_row=spacing[0] if spacing and len(spacing) == 2 else None,
             pixel_spacing_col=spacing[1] if spacing and len(spacing) == 2 else None,
-            slice_thickness=_number(ds, _T_THICKNESS),
-            kvp=_number(ds, _T_KVP),
-            tube_current=_number(ds, _T_TUBE_CURRENT),
-            exposure=_number(ds, _T_EXPOSURE),
-            ctdivol=_number(ds, _T_CTDIVOL),
-            kernel=_text(ds, _T_KERNEL, enc),
-            manufacturer=_text(ds, _T_MANUFACTURER, enc),
+            slice_thickness=_number(vals, _T_THICKNESS),
+            kvp=_number(vals, _T_KVP),
+            tube_current=_number(vals, _T_TUBE_CURRENT),
+            exposure=_number(vals, _T_EXPOSURE),
+            ctdivol=_number(vals, _T_CTDIVOL),
+            kernel=_text(vals, _T_KERNEL, enc),
+            manufacturer=_text(vals, _T_MANUFACTURER, enc),
             instance_number=int(instance) if instance is not None else None,
         )
 
 
-def _last_element_end(ds) -> int:
-    """File offset just past the last top-level element pydicom stored (values it actually read)."""
+def _header_truncated(f, size: int, stopped_at: int) -> bool:
+    """True when a header without Pixel Data ends inside an element (rare path: re-read in full).
+
+    pydicom stops silently when fewer than 8 bytes are left for an element header, keeps a value that is
+    shorter than its length, and seeks past the end for elements it skips; so the file is complete only
+    when its last element ends exactly at the end of the file.
+    """
+    import pydicom
+
+    if stopped_at > size:
+        return True
+    f.seek(0)
+    full = pydicom.dcmread(f, stop_before_pixels=True, force=True)
     end = 0
-    for tag in ds.keys():
-        elem = ds.get_item(tag)
-        tell = getattr(elem, "value_tell", None)
-        length = getattr(elem, "length", None)
-        if tell is not None and length is not None and length != 0xFFFFFFFF:
-            end = max(end, tell + length)
-    return end
+    for tag in full.keys():
+        elem = full.get_item(tag)
+        tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
+        if tell is None or length is None:
+            continue  # already converted (Specific Character Set is, during the read): not the last one
+        if length == 0xFFFFFFFF:
+            end = size  # undefined-length sequence: its end is not known without parsing it; assume complete
+            continue
+        end = max(end, tell + length)
+    return end != size
 
 
 def _pixel_tag(head: bytes, little: bool) -> int | None:
@@ -384,7 +401,7 @@ def _pixel_tag(head: bytes, little: bool) -> int | None:
     return tag if tag in _PIXEL_TAGS else None
 
 
-def _check_pixel_length(ds, f, pixel_at: int, head: bytes, size: int, rows, cols, little: bool, implicit) -> None:
+def _check_pixel_length(vals: dict[int, object], f, pixel_at: int, head: bytes, size: int, rows, cols, little: bool, implicit) -> None:
     """Raise ``truncated`` when the file cannot hold the Pixel Data its header announces."""
     fmt = "<" if little else ">"
     if implicit or head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OV"):
@@ -403,8 +420,8 @@ def _check_pixel_length(ds, f, pixel_at: int, head: bytes, size: int, rows, cols
         return
     if start + length > size:
         raise _Reject("truncated", f"Pixel Data announces {length} bytes, the file holds {max(size - start, 0)}")
-    bits = _ushort(ds, _T_BITS, little) or 16
-    samples = _ushort(ds, _T_SAMPLES, little) or 1
+    bits = _ushort(vals, _T_BITS, little) or 16
+    samples = _ushort(vals, _T_SAMPLES, little) or 1
     if rows and cols and length < rows * cols * samples * bits // 8:
         raise _Reject("truncated", f"Pixel Data has {length} bytes, {rows}x{cols}x{bits} bits need {rows * cols * samples * bits // 8}")
 
@@ -421,7 +438,17 @@ def _z_along_normal(ipp: list[float], iop: list[float]) -> float | None:
 
 def read_chunk(root: str, rels: Sequence[str]) -> list[SliceHeader | Skip]:
     """Worker task: :func:`read_header` over a chunk of files (plain tuples go back to the parent)."""
-    return [read_header(root, rel) for rel in rels]
+    # pydicom warns (and logs) on every odd value (invalid UI, unknown charset): a million such lines
+    # help no one; a file that matters ends in skipped.csv with a reason instead.
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [read_header(root, rel) for rel in rels]
+    finally:
+        pydicom_logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------------
