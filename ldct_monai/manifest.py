@@ -575,6 +575,12 @@ def splits_json(plan: ManifestPlan, data_root: Path, config: ManifestConfig, fil
     }
 
 
+_HINTS = {
+    "unknown_dose": " Series descriptions match neither dose pattern: see --ld-pattern / --fd-pattern / --default-dose.",
+    "unknown_body_part": " Body part unknown: see --default-body-part.",
+}
+
+
 def build_manifest(
     data_root: Path,
     out_dir: Path,
@@ -620,7 +626,12 @@ def build_manifest(
     if plan.usable() == 0:
         reasons = Counter(s.reason for s in plan.skipped).most_common()
         found = ", ".join(f"{n} {r}" for r, n in reasons)
-        raise InputError(f"{data_root}: no usable CT slices among {n_files} files (expected TCIA-style CT series; found {found}).")
+        hints = "".join(_HINTS[r] for r, _ in reasons if r in _HINTS)
+        raise InputError(f"{data_root}: no usable CT slices among {n_files} files (expected TCIA-style CT series; found {found}).{hints}")
+    for split in ("train", "val"):
+        for dose in ("ld", "fd"):
+            if plan.rows[f"{split}_{dose}"] == [] and any(p.split == split for p in plan.patients.values()):
+                logger.warning("%s has no %s-dose slices: unpaired training needs both doses.", split, "low" if dose == "ld" else "full")
     texts = render_manifest(plan, data_root, config, n_files)
     with atomic_output_dir(out_dir, overwrite) as tmp:
         for name, text in texts.items():
@@ -635,10 +646,13 @@ def summary_table(summary: dict):
     """A rich Table of a :func:`build_manifest` summary: patients / slices per body part, split and dose."""
     from rich.table import Table
 
-    table = Table(title=f"Manifest: {summary['out_dir']}  ({summary['files_scanned']} files scanned)")
+    table = Table(
+        title=f"Manifest {summary['out_dir']} ({summary['files_scanned']} files scanned)",
+        caption="patients / slices (test: patients / LD-FD pairs)",
+    )
     table.add_column("body part")
     for col in ("train LD", "train FD", "val LD", "val FD", "test"):
-        table.add_column(f"{col}\npatients / slices", justify="right")
+        table.add_column(col, justify="right")
     counts = summary["counts"]
     parts = sorted({bp for split in counts.values() for bp in split})
     total = defaultdict(lambda: [0, 0])
@@ -650,13 +664,13 @@ def summary_table(summary: dict):
             total[(split, dose)][0] += c["patients"]
             total[(split, dose)][1] += c["slices"]
         t = counts["test"].get(bp, {"patients": 0, "pairs": 0})
-        cells.append(f"{t['patients']} / {t['pairs']} pairs")
+        cells.append(f"{t['patients']} / {t['pairs']}")
         total["test"][0] += t["patients"]
         total["test"][1] += t["pairs"]
         table.add_row(bp, *cells)
     table.add_section()
     keys = [("train", "low"), ("train", "full"), ("val", "low"), ("val", "full")]
-    table.add_row("all", *[f"{total[k][0]} / {total[k][1]}" for k in keys], f"{total['test'][0]} / {total['test'][1]} pairs")
+    table.add_row("all", *[f"{total[k][0]} / {total[k][1]}" for k in keys], f"{total['test'][0]} / {total['test'][1]}")
     skipped = Table(title="Skipped files (skipped.csv)")
     skipped.add_column("reason")
     skipped.add_column("files", justify="right")

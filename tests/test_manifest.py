@@ -338,3 +338,18 @@ def test_cut_files_are_truncated_never_a_crash(tmp_path):
     assert set(reasons.values()) <= {"not_dicom", "truncated", "no_pixel_data"}, reasons
     assert all(reasons[n] == "truncated" for n in (pixel_at + 20, len(src) - 2))  # inside Pixel Data
     assert sum(r == "truncated" for r in reasons.values()) > 0.6 * len(reasons)  # cuts on a boundary look complete
+
+
+def test_committed_examples_follow_the_contract():
+    ex = Path(__file__).parents[1] / "manifests" / "examples"
+    need = {"patient_id", "body_part", "dose", "series_uid", "sop_uid", "path", "z"}
+    for split in DOSE_FILES:
+        df = load_split(ex, split)
+        assert need <= set(df.columns) and len(df) > 0
+        assert set(df["dose"]) == {"low" if split.endswith("_ld") else "full"}
+        assert all(p.startswith("/data/LDCT/") for p in df["path"])
+    pairs = load_split(ex, "test_pairs")
+    assert {"patient_id", "body_part", "z", "ld_path", "fd_path", "ld_sop_uid", "fd_sop_uid"} <= set(pairs.columns)
+    assert set(load_split(ex, "skipped").columns) == {"path", "reason", "detail"}
+    sj = json.loads((ex / "splits.json").read_text())
+    assert {"data_root", "seed", "ratios", "patients", "counts", "version"} <= set(sj)
