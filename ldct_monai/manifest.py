@@ -13,9 +13,9 @@ from __future__ import annotations
 import bisect
 import csv
 import hashlib
-import io
 import json
 import logging
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -486,13 +486,18 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _csv(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for row in rows:
-        w.writerow([_fmt(v) for v in row])
-    return buf.getvalue()
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
+    """Stream rows to a UTF-8 CSV ('\\n' line ends), fsync it; returns the number of rows."""
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([_fmt(v) for v in row])
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    return n
 
 
 def _dose_row(h: SliceHeader, bp: str, dose: str) -> tuple:
@@ -512,19 +517,26 @@ def _pair_row(lo: SliceHeader, fd: SliceHeader, bp: str) -> tuple:
     )  # fmt: skip
 
 
-def render_manifest(plan: ManifestPlan, data_root: Path, config: ManifestConfig, files_scanned: int) -> dict[str, str]:
-    """File name -> text of every manifest file (deterministic: sorted rows, sorted JSON keys)."""
+def write_manifest(plan: ManifestPlan, folder: Path, data_root: Path, config: ManifestConfig, files_scanned: int) -> dict:
+    """Write every manifest file into ``folder`` (rows streamed, sorted; JSON keys sorted).
+
+    Returns:
+        The ``splits.json`` document.
+    """
+    from ldct_monai.io_utils import atomic_write_text
+
+    folder = Path(folder)
     pats = plan.patients
-    out: dict[str, str] = {}
     for key in DOSE_FILES:
         dose = "low" if key.endswith("_ld") else "full"
         rows = sorted(plan.rows[key], key=lambda h: (h.patient_id, h.series_uid, h.z, h.sop_uid))
-        out[SPLIT_FILES[key]] = _csv(DOSE_COLUMNS, (_dose_row(h, pats[h.patient_id].body_part, dose) for h in rows))
+        _write_csv(folder / SPLIT_FILES[key], DOSE_COLUMNS, (_dose_row(h, pats[h.patient_id].body_part, dose) for h in rows))
     pairs = sorted(plan.pairs, key=lambda lf: (lf[1].patient_id, lf[1].z, lf[1].sop_uid))
-    out[SPLIT_FILES["test_pairs"]] = _csv(PAIR_COLUMNS, (_pair_row(lo, fd, pats[fd.patient_id].body_part) for lo, fd in pairs))
-    out[SPLIT_FILES["skipped"]] = _csv(SKIPPED_COLUMNS, plan.skipped)
-    out["splits.json"] = json.dumps(splits_json(plan, data_root, config, files_scanned), indent=2, sort_keys=True) + "\n"
-    return out
+    _write_csv(folder / SPLIT_FILES["test_pairs"], PAIR_COLUMNS, (_pair_row(lo, fd, pats[fd.patient_id].body_part) for lo, fd in pairs))
+    _write_csv(folder / SPLIT_FILES["skipped"], SKIPPED_COLUMNS, plan.skipped)
+    doc = splits_json(plan, data_root, config, files_scanned)
+    atomic_write_text(folder / "splits.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return doc
 
 
 def count_plan(plan: ManifestPlan) -> dict:
@@ -606,7 +618,7 @@ def build_manifest(
         InputError: ``data_root`` is missing or not a folder, has no files, or nothing usable was found.
         OutputExistsError: ``out_dir`` exists and is not empty and ``overwrite`` is False.
     """
-    from ldct_monai.io_utils import atomic_output_dir, atomic_write_text, check_output_dir
+    from ldct_monai.io_utils import atomic_output_dir, check_output_dir
     from ldct_monai.scan import scan_tree
 
     config = config or ManifestConfig()
@@ -632,11 +644,8 @@ def build_manifest(
         for dose in ("ld", "fd"):
             if plan.rows[f"{split}_{dose}"] == [] and any(p.split == split for p in plan.patients.values()):
                 logger.warning("%s has no %s-dose slices: unpaired training needs both doses.", split, "low" if dose == "ld" else "full")
-    texts = render_manifest(plan, data_root, config, n_files)
     with atomic_output_dir(out_dir, overwrite) as tmp:
-        for name, text in texts.items():
-            atomic_write_text(tmp / name, text)
-    summary = json.loads(texts["splits.json"])
+        summary = write_manifest(plan, tmp, data_root, config, n_files)
     summary["out_dir"] = str(out_dir)
     summary["rows"] = {k: len(plan.rows[k]) for k in DOSE_FILES} | {"test_pairs": len(plan.pairs), "skipped": len(plan.skipped)}
     return summary

@@ -55,6 +55,7 @@ REASONS: dict[str, str] = {
 }
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MULTIFRAME_CT = {
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
@@ -294,9 +295,17 @@ def _read_header(root: str, rel: str) -> SliceHeader:
         implicit, little = ds.original_encoding
         little = little is not False
         pixel_tag = _pixel_tag(pixel_head, little)
+        deflated = False
+        if pixel_tag is None and getattr(ds, "file_meta", None) is not None:
+            # Deflated datasets are parsed from an inflated copy: the file position says nothing. Rare
+            # enough to read the whole file and look for the element itself.
+            deflated = str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATED
+            if deflated:
+                f.seek(0)
+                pixel_tag = next((t for t in _PIXEL_TAGS if t in pydicom.dcmread(f, force=True)), None)
         # A header cut short: pydicom seeks past the end for skipped elements, or keeps a short value.
         # (When the Pixel Data tag was reached, the header is complete: no need to look.)
-        if pixel_tag is None and _header_truncated(f, size, pixel_at):
+        if pixel_tag is None and not deflated and _header_truncated(f, size, pixel_at):
             raise _Reject("truncated", f"header stops inside an element ({size} bytes)")
 
         enc = _encoding(vals)
@@ -322,7 +331,8 @@ def _read_header(root: str, rel: str) -> SliceHeader:
         cols = _ushort(vals, _T_COLS, little)
         if pixel_tag is None:
             raise _Reject("no_pixel_data", "no Pixel Data element after the header")
-        _check_pixel_length(vals, f, pixel_at, pixel_head, size, rows, cols, little, implicit)
+        if not deflated:
+            _check_pixel_length(vals, f, pixel_at, pixel_head, size, rows, cols, little, implicit)
 
         ipp = _numbers(vals, _T_IPP)
         iop = _numbers(vals, _T_IOP)

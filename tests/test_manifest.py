@@ -353,3 +353,19 @@ def test_committed_examples_follow_the_contract():
     assert set(load_split(ex, "skipped").columns) == {"path", "reason", "detail"}
     sj = json.loads((ex / "splits.json").read_text())
     assert {"data_root", "seed", "ratios", "patients", "counts", "version"} <= set(sj)
+
+
+def test_compressed_and_deflated_slices(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+
+    ds = pydicom.dcmread(write_series(tmp_path / "s", 1, 16)[0])
+    ds.compress(RLELossless)  # encapsulated Pixel Data: undefined length, ends with a delimiter
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    (tmp_path / "rle_cut.dcm").write_bytes((tmp_path / "rle.dcm").read_bytes()[:-30])
+    ds = pydicom.dcmread(tmp_path / "s" / "1-001.dcm")
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    del ds.PixelData
+    ds.save_as(tmp_path / "deflated_nopix.dcm", enforce_file_format=True)
+    got = {r.path: getattr(r, "reason", "ok") for r in read_chunk(str(tmp_path), ["rle.dcm", "rle_cut.dcm", "deflated.dcm", "deflated_nopix.dcm"])}
+    assert got == {"rle.dcm": "ok", "rle_cut.dcm": "truncated", "deflated.dcm": "ok", "deflated_nopix.dcm": "no_pixel_data"}
