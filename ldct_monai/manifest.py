@@ -158,7 +158,7 @@ class ManifestConfig:
             try:
                 re.compile(getattr(self, name), re.IGNORECASE)
             except re.error as err:
-                raise InputError(f"{name}: not a valid regular expression ({err}).") from err
+                raise InputError(f"{name} (--{name.replace('_', '-')}): not a valid regular expression ({err}).") from err
         if self.max_patients is not None and self.max_patients < 1:
             raise InputError(f"max patients: expected at least 1, found {self.max_patients}.")
         if self.min_slices < 1:

@@ -92,6 +92,7 @@ _T_CHARSET = 0x00080005
 # DICOM-CT-PD (Chen et al., Med Phys 2015; the TCIA LDCT projection format): NumberofDetectorRows,
 # NumberofDetectorColumns, DetectorFocalCenterAngularPosition, NumberofSourceAngularSteps.
 _PROJECTION_TAGS = (0x70291010, 0x70291011, 0x70311001, 0x70331013)
+_PROJECTION_SET = frozenset(_PROJECTION_TAGS)
 _TAGS = [
     _T_IMAGE_TYPE, _T_SOP_CLASS, _T_SOP_UID, _T_MODALITY, _T_MANUFACTURER, _T_SERIES_DESC, _T_PATIENT_ID,
     _T_BODY_PART, _T_THICKNESS, _T_KVP, _T_KERNEL, _T_TUBE_CURRENT, _T_EXPOSURE, _T_CTDIVOL, _T_STUDY_UID,
@@ -314,7 +315,7 @@ def _read_header(root: str, rel: str) -> SliceHeader:
         description = _text(vals, _T_SERIES_DESC, enc)
         if pixel_tag is None and not modality:
             raise _Reject("truncated", "header ends before Modality and Pixel Data")
-        if any(t in vals for t in _PROJECTION_TAGS):
+        if not _PROJECTION_SET.isdisjoint(vals):
             raise _Reject("projection_data", f"DICOM-CT-PD private tags present ({description!r})")
         if sop_class in MULTIFRAME_CT:
             raise _Reject("multiframe", f"SOPClassUID is {MULTIFRAME_CT[sop_class]}")

@@ -140,6 +140,18 @@ def test_small_cohort_fills_every_split():
         assert plan.rows["train_ld"] and plan.rows["train_fd"]
 
 
+def test_one_series_per_patient_and_dose():
+    hs = [header("C001", "full", i, float(i)) for i in range(3)]
+    hs += [header("C001", "full", i, float(i), series="C001.fd.thick") for i in range(2)]
+    hs += [header("C001", "low", i, float(i)) for i in range(3)]
+    plan = plan_manifest(hs, ManifestConfig(ratios=(0.0, 0.0, 1.0)))
+    assert plan.patients["C001"].series == {"full": "C001.full", "low": "C001.low"}  # most slices kept
+    assert sorted((s.reason, s.path.split("/")[2]) for s in plan.skipped) == [("extra_series", "C001.fd.thick")] * 2
+    assert len(plan.pairs) == 3
+    few = plan_manifest(hs, ManifestConfig(ratios=(0.0, 0.0, 1.0), min_slices=3))
+    assert Counter(s.reason for s in few.skipped) == {"too_few_slices": 2}
+
+
 def test_test_pairs_matched_on_z_within_tolerance():
     low = [header("C001", "low", i, i * 2.0 + 0.1) for i in range(5)] + [header("C001", "low", 9, 30.0)]
     full = [header("C001", "full", i, i * 2.0) for i in range(6)]
@@ -159,6 +171,10 @@ def test_dose_and_body_part_mapping_options():
     assert plan_manifest(hs, ManifestConfig()).patients == {}
     plan = plan_manifest(hs, ManifestConfig(fd_pattern=r"^FD\b"))
     assert plan.patients["P1"].body_part == "C" and plan.patients["P1"].dose == "full"
+    # no TCIA prefix and no BodyPartExamined: skipped unless a default body part is given
+    anon = [h._replace(patient_id="P2") for h in cohort(1)[:3]]
+    assert {s.reason for s in plan_manifest(anon, ManifestConfig()).skipped} == {"unknown_body_part"}
+    assert plan_manifest(anon, ManifestConfig(default_body_part="n")).patients["P2"].body_part == "N"
     with pytest.raises(InputError, match="ratios"):
         ManifestConfig(ratios=(0.7, 0.2, 0.2))
     with pytest.raises(InputError, match="body parts"):
@@ -201,6 +217,8 @@ def _make_bad_files(root: Path) -> dict[str, str]:
     variant("L001/s/scout.dcm", "localizer", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     variant("L001/s/nopix.dcm", "no_pixel_data", PixelData=None)
     variant("L001/s/noipp.dcm", "missing_geometry", ImagePositionPatient=None)
+    variant("L001/s/frames.dcm", "multiframe", NumberOfFrames=2)
+    variant("L001/s/enhanced.dcm", "multiframe", SOPClassUID="1.2.840.10008.5.1.4.1.1.2.1")
     ds = pydicom.dcmread(files[0])
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "2.25.777"
     ds.add_new(0x70290010, "LO", "DICOM-CT-PD dict")
@@ -237,6 +255,24 @@ def test_every_bad_file_kind_is_skipped_with_its_reason(tmp_path):
     listed = sorted(used + list(skipped))
     assert listed == sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert summary["rows"]["test_pairs"] > 0 and summary["rows"]["train_ld"] + summary["rows"]["train_fd"] > 0
+
+
+def test_unforeseen_errors_become_unreadable_and_patient_falls_back_to_folder(tmp_path, monkeypatch):
+    import ldct_monai.scan as scan
+
+    write_series(tmp_path / "C007" / "st" / "fd", 2, 8, patient_id="", description="Full Dose Images")
+    (tmp_path / "C007" / "st" / "fd" / "1-001.dcm").rename(tmp_path / "C007" / "st" / "fd" / "boom.dcm")
+    real = scan._read_header
+
+    def flaky(root, rel):
+        if rel.endswith("boom.dcm"):
+            raise RuntimeError("disk on fire")
+        return real(root, rel)
+
+    monkeypatch.setattr(scan, "_read_header", flaky)
+    got = read_chunk(str(tmp_path), ["C007/st/fd/1-002.dcm", "C007/st/fd/boom.dcm"])
+    assert got[0].patient_id == "C007"  # empty PatientID: top folder name
+    assert got[1].reason == "unreadable" and "disk on fire" in got[1].detail
 
 
 def test_parallel_scan_gives_identical_bytes_and_is_deterministic(tmp_path):
