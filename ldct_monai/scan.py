@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE
 from ldct_monai.errors import LdctError
 
 # Reasons a file is not used, in the order the checks run (file-level ones first, then the manifest
@@ -54,10 +55,9 @@ REASONS: dict[str, str] = {
     "other_dose": "train/val patient: only its other dose's series is used (one dose per patient)",
 }
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MULTIFRAME_CT = {
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    ENHANCED_CT_IMAGE_STORAGE: "Enhanced CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
 }
 
@@ -107,7 +107,7 @@ class SliceHeader(NamedTuple):
     """What the manifest needs from one CT slice (all from the header; lengths in mm)."""
 
     path: str  # relative to the data root, '/'-separated
-    patient_id: str  # PatientID, or the top folder name when PatientID is empty
+    patient_id: str  # PatientID; when empty, the top folder name (or the data root's name)
     study_uid: str  # StudyInstanceUID
     series_uid: str  # SeriesInstanceUID
     sop_uid: str  # SOPInstanceUID
@@ -352,7 +352,8 @@ def _read_header(root: str, rel: str) -> SliceHeader:
         series_uid = _text(vals, _T_SERIES_UID, "ascii")
         if not sop_uid or not series_uid:
             raise _Reject("missing_geometry", "SOPInstanceUID or SeriesInstanceUID missing")
-        patient_id = _text(vals, _T_PATIENT_ID, enc) or rel.split("/", 1)[0]
+        # Empty PatientID: the top folder under the data root (TCIA layout), else the data root's name.
+        patient_id = _text(vals, _T_PATIENT_ID, enc) or (rel.split("/", 1)[0] if "/" in rel else os.path.basename(root))
         instance = _number(vals, _T_INSTANCE)
         return SliceHeader(
             path=rel,
