@@ -153,11 +153,15 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def list_files(data_root: Path, exclude: Sequence[Path] = ()) -> list[str]:
+def list_files(
+    data_root: Path, exclude: Sequence[Path] = (), on_progress: Callable[[int], None] | None = None
+) -> list[str]:
     """All regular files under ``data_root``, as sorted '/'-separated paths relative to it.
 
     Directory symlinks are not followed (no loops); file symlinks are listed. Folders in ``exclude``
-    (e.g. a manifest folder written inside the data root) are not entered.
+    (e.g. a manifest folder written inside the data root) are not entered. ``on_progress`` gets the
+    number of files found so far after each folder (listing a million files on a network share takes
+    a while).
     """
     root = os.path.abspath(data_root)
     excluded = {os.path.abspath(p) for p in exclude}
@@ -178,6 +182,8 @@ def list_files(data_root: Path, exclude: Sequence[Path] = ()) -> list[str]:
                     out.append(os.path.relpath(e.path, root).replace(os.sep, "/"))
             except OSError:
                 continue
+        if on_progress is not None:
+            on_progress(len(out))
     out.sort()
     return out
 
@@ -546,9 +552,10 @@ def scan_tree(
     root = os.path.abspath(data_root)
     workers = workers or default_workers()
     with make_progress(disable=not progress) as bar:
-        task = bar.add_task("Listing files", total=None, unit="files")
-        files = list_files(Path(root), exclude)
-        bar.update(task, description="Reading headers", total=len(files), completed=0)
+        listing = bar.add_task("Listing files", total=None, unit="files")
+        files = list_files(Path(root), exclude, on_progress=lambda n: bar.update(listing, completed=n))
+        bar.update(listing, total=len(files), completed=len(files))
+        task = bar.add_task("Reading headers", total=len(files), unit="files")
         headers: list[SliceHeader] = []
         skipped: list[Skip] = []
         intern: dict[str, str] = {}
