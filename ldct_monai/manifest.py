@@ -139,7 +139,9 @@ class ManifestConfig:
     def __post_init__(self) -> None:
         ratios = tuple(float(r) for r in self.ratios)
         if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-3:
-            raise InputError(f"ratios: expected three non-negative train,val,test fractions summing to 1, found {self.ratios}.")
+            raise InputError(
+                f"ratios: expected three non-negative train,val,test fractions summing to 1, found {self.ratios}."
+            )
         object.__setattr__(self, "ratios", ratios)
         if self.body_parts is not None:
             parts = tuple(sorted({str(b).strip().upper() for b in self.body_parts}))
@@ -309,7 +311,8 @@ def plan_manifest(headers: Sequence[SliceHeader], config: ManifestConfig) -> Man
             good.sort(key=lambda hs: (-len(hs), hs[0].series_uid))
             kept[dose] = good[0]
             for hs in good[1:]:
-                drop(hs, "extra_series", f"patient {pid} {dose} dose: kept series {good[0][0].series_uid} ({len(good[0])} slices)")
+                detail = f"patient {pid} {dose} dose: kept series {good[0][0].series_uid} ({len(good[0])} slices)"
+                drop(hs, "extra_series", detail)
         if kept:
             candidates[pid] = kept
             body_part_of[pid] = bp
@@ -423,15 +426,23 @@ def _fill_empty_splits(members: list[PatientPlan], ratios: tuple[float, float, f
         if not donors:
             continue
         best = min(donors, key=lambda p: (_interval_distance(p.u, lo, hi), p.patient_id))
-        logger.info("body part %s: no patient hashed to %s; moved %s there (small-cohort rule)", best.body_part, split, best.patient_id)
+        logger.info(
+            "body part %s: no patient hashed to %s; moved %s there (small-cohort rule)",
+            best.body_part, split, best.patient_id,
+        )  # fmt: skip
         best.split = split
         best.assigned_by = "min_one"
 
 
-def _pair(p: PatientPlan, low: list[SliceHeader], full: list[SliceHeader], tolerance: float, plan: ManifestPlan, drop) -> None:
+def _pair(
+    p: PatientPlan, low: list[SliceHeader], full: list[SliceHeader], tolerance: float, plan: ManifestPlan, drop
+) -> None:
     """Match low- and full-dose slices one to one on z (nearest first, within tolerance x FD spacing)."""
     if (low[0].rows, low[0].cols) != (full[0].rows, full[0].cols):
-        detail = f"test patient {p.patient_id}: low dose {low[0].rows}x{low[0].cols}, full dose {full[0].rows}x{full[0].cols}"
+        detail = (
+            f"test patient {p.patient_id}: low dose {low[0].rows}x{low[0].cols}, "
+            f"full dose {full[0].rows}x{full[0].cols}"
+        )
         drop(low, "inconsistent_size", detail)
         drop(full, "inconsistent_size", detail)
         return
@@ -517,7 +528,9 @@ def _pair_row(lo: SliceHeader, fd: SliceHeader, bp: str) -> tuple:
     )  # fmt: skip
 
 
-def write_manifest(plan: ManifestPlan, folder: Path, data_root: Path, config: ManifestConfig, files_scanned: int) -> dict:
+def write_manifest(
+    plan: ManifestPlan, folder: Path, data_root: Path, config: ManifestConfig, files_scanned: int
+) -> dict:
     """Write every manifest file into ``folder`` (rows streamed, sorted; JSON keys sorted).
 
     Returns:
@@ -530,9 +543,11 @@ def write_manifest(plan: ManifestPlan, folder: Path, data_root: Path, config: Ma
     for key in DOSE_FILES:
         dose = "low" if key.endswith("_ld") else "full"
         rows = sorted(plan.rows[key], key=lambda h: (h.patient_id, h.series_uid, h.z, h.sop_uid))
-        _write_csv(folder / SPLIT_FILES[key], DOSE_COLUMNS, (_dose_row(h, pats[h.patient_id].body_part, dose) for h in rows))
+        out_rows = (_dose_row(h, pats[h.patient_id].body_part, dose) for h in rows)
+        _write_csv(folder / SPLIT_FILES[key], DOSE_COLUMNS, out_rows)
     pairs = sorted(plan.pairs, key=lambda lf: (lf[1].patient_id, lf[1].z, lf[1].sop_uid))
-    _write_csv(folder / SPLIT_FILES["test_pairs"], PAIR_COLUMNS, (_pair_row(lo, fd, pats[fd.patient_id].body_part) for lo, fd in pairs))
+    pair_rows = (_pair_row(lo, fd, pats[fd.patient_id].body_part) for lo, fd in pairs)
+    _write_csv(folder / SPLIT_FILES["test_pairs"], PAIR_COLUMNS, pair_rows)
     _write_csv(folder / SPLIT_FILES["skipped"], SKIPPED_COLUMNS, plan.skipped)
     doc = splits_json(plan, data_root, config, files_scanned)
     atomic_write_text(folder / "splits.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -639,15 +654,20 @@ def build_manifest(
         reasons = Counter(s.reason for s in plan.skipped).most_common()
         found = ", ".join(f"{n} {r}" for r, n in reasons)
         hints = "".join(_HINTS[r] for r, _ in reasons if r in _HINTS)
-        raise InputError(f"{data_root}: no usable CT slices among {n_files} files (expected TCIA-style CT series; found {found}).{hints}")
+        raise InputError(
+            f"{data_root}: no usable CT slices among {n_files} files "
+            f"(expected TCIA-style CT series; found {found}).{hints}"
+        )
     for split in ("train", "val"):
         for dose in ("ld", "fd"):
             if plan.rows[f"{split}_{dose}"] == [] and any(p.split == split for p in plan.patients.values()):
-                logger.warning("%s has no %s-dose slices: unpaired training needs both doses.", split, "low" if dose == "ld" else "full")
+                name = "low" if dose == "ld" else "full"
+                logger.warning("%s has no %s-dose slices: unpaired training needs both doses.", split, name)
     with atomic_output_dir(out_dir, overwrite) as tmp:
         summary = write_manifest(plan, tmp, data_root, config, n_files)
     summary["out_dir"] = str(out_dir)
-    summary["rows"] = {k: len(plan.rows[k]) for k in DOSE_FILES} | {"test_pairs": len(plan.pairs), "skipped": len(plan.skipped)}
+    summary["rows"] = {k: len(plan.rows[k]) for k in DOSE_FILES}
+    summary["rows"] |= {"test_pairs": len(plan.pairs), "skipped": len(plan.skipped)}
     return summary
 
 

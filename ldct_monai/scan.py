@@ -419,7 +419,9 @@ def _pixel_tag(head: bytes, little: bool) -> int | None:
     return tag if tag in _PIXEL_TAGS else None
 
 
-def _check_pixel_length(vals: dict[int, object], f, pixel_at: int, head: bytes, size: int, rows, cols, little: bool, implicit) -> None:
+def _check_pixel_length(
+    vals: dict[int, object], f, pixel_at: int, head: bytes, size: int, rows, cols, little: bool, implicit
+) -> None:
     """Raise ``truncated`` when the file cannot hold the Pixel Data its header announces."""
     fmt = "<" if little else ">"
     if implicit or head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OV"):
@@ -441,7 +443,8 @@ def _check_pixel_length(vals: dict[int, object], f, pixel_at: int, head: bytes, 
     bits = _ushort(vals, _T_BITS, little) or 16
     samples = _ushort(vals, _T_SAMPLES, little) or 1
     if rows and cols and length < rows * cols * samples * bits // 8:
-        raise _Reject("truncated", f"Pixel Data has {length} bytes, {rows}x{cols}x{bits} bits need {rows * cols * samples * bits // 8}")
+        need = rows * cols * samples * bits // 8
+        raise _Reject("truncated", f"Pixel Data has {length} bytes, {rows}x{cols}x{bits} bits need {need}")
 
 
 def _z_along_normal(ipp: list[float], iop: list[float]) -> float | None:
