@@ -152,6 +152,17 @@ def test_compressed_input_gives_explicit_vr_output(identity_model, tmp_path, syn
         assert "LossyImageCompression" not in outs[s.SOPInstanceUID]  # lossless in, lossless out
 
 
+def test_worker_processes_write_the_same_series(identity_model, real_ct, tmp_path):
+    threads = denoise_series(real_ct, tmp_path / "t", identity_model, device="cpu", progress=False, workers=0)
+    procs = denoise_series(real_ct, tmp_path / "p", identity_model, device="cpu", progress=False, workers=2, batch_size=2)
+    assert procs["workers"] == 2 and threads["workers"] == 0
+    _check_derived(real_ct, tmp_path / "p", procs)
+    for a, b in zip(sorted((tmp_path / "t").glob("*.dcm")), sorted((tmp_path / "p").glob("*.dcm"))):
+        da, db = pydicom.dcmread(a), pydicom.dcmread(b)
+        assert da.SourceImageSequence[0].ReferencedSOPInstanceUID == db.SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_array_equal(da.pixel_array, db.pixel_array)
+
+
 def test_tiled_identity_and_metal_above_window_kept(identity_model, tmp_path):
     src = tmp_path / "in"
     files = write_series(src, n_slices=2, size=40)

@@ -168,16 +168,7 @@ class CTSeries:
         Raises:
             InputError: the file cannot be read or decoded, or it changed since the scan.
         """
-        ref = self.slices[index]
-        try:
-            ds = pydicom.dcmread(ref.path)
-            stored = ds.pixel_array
-        except Exception as err:  # pydicom and the decoder plugins raise many types; all mean "bad file"
-            raise InputError(f"{ref.path}: cannot decode pixel data ({type(err).__name__}: {_first_line(err)}).") from err
-        if stored.shape != (self.rows, self.columns):
-            raise InputError(f"{ref.path}: expected a {self.rows}x{self.columns} slice, found pixel array {stored.shape}.")
-        hu = to_hu(ds, stored)
-        return CTSlice(index=index, ref=ref, dataset=ds, stored=stored, hu=hu, padding=outside_fov_mask(ds, stored, hu))
+        return decode_slice(self.slices[index], index, self.rows, self.columns)
 
     def iter_slices(self, read_ahead: int = 4, workers: int = 1) -> Iterator[CTSlice]:
         """Yield decoded slices in sorted order, reading up to ``read_ahead`` slices ahead in threads.
@@ -192,6 +183,33 @@ class CTSeries:
         for s in self.iter_slices():
             vol[s.index] = s.hu
         return vol
+
+
+def decode_slice(ref: SliceRef, index: int, rows: int, columns: int) -> CTSlice:
+    """Read one slice file fully and decode it (module-level so worker processes can run it).
+
+    Args:
+        ref: the slice reference from :func:`read_series`.
+        index: its position in the sorted series.
+        rows, columns: the series' image size, checked again (the file may have changed since the scan).
+
+    Raises:
+        InputError: the file cannot be read or decoded, or its size differs.
+    """
+    try:
+        ds = pydicom.dcmread(ref.path)
+        stored = ds.pixel_array
+    except Exception as err:  # pydicom and the decoder plugins raise many types; all mean "bad file"
+        raise InputError(f"{ref.path}: cannot decode pixel data ({type(err).__name__}: {_first_line(err)}).") from err
+    if stored.shape != (rows, columns):
+        raise InputError(f"{ref.path}: expected a {rows}x{columns} slice, found pixel array {stored.shape}.")
+    hu = to_hu(ds, stored)
+    return CTSlice(index=index, ref=ref, dataset=ds, stored=stored, hu=hu, padding=outside_fov_mask(ds, stored, hu))
+
+
+def decode_hu(ref: SliceRef, index: int, rows: int, columns: int) -> np.ndarray:
+    """Just the HU of one slice (what a worker process sends back: no dataset to pickle)."""
+    return decode_slice(ref, index, rows, columns).hu
 
 
 def outside_fov_mask(ds: Dataset, stored: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray | None:

@@ -16,17 +16,22 @@ import copy
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom.uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.valuerep import PersonName
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from ldct_monai import __version__
 from ldct_monai.dicom.core import CT_IMAGE_STORAGE, rescale
 from ldct_monai.dicom.create import make_uid
 from ldct_monai.errors import InputError
+
+if TYPE_CHECKING:
+    from ldct_monai.dicom.reader import CTSlice, SliceRef
 
 SOFTWARE = f"ldct-monai {__version__}"
 SERIES_NUMBER_OFFSET = 1000  # derived SeriesNumber = source + 1000: sorts next to its source in viewers
@@ -70,6 +75,9 @@ _ALWAYS_LOSSY = frozenset(
     {str(pydicom.uid.JPEGBaseline8Bit), str(pydicom.uid.JPEGExtended12Bit), str(pydicom.uid.JPEGLSNearLossless)}
     | {str(u) for u in pydicom.uid.MPEGTransferSyntaxes}
 )
+
+
+_IMMUTABLE = (str, int, float, bytes, type(None), PersonName)
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,12 @@ def hu_to_source_stored(hu: np.ndarray, source: Dataset, keep: np.ndarray | None
     """
     slope, intercept = rescale(source)
     lo, hi = stored_range(source)
-    stored = np.clip(np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope), lo, hi)
+    # float32 is exact to ~1e-3 stored units over the 16-bit range: rounding is unaffected
+    stored = np.asarray(hu, dtype=np.float32) - np.float32(intercept)
+    if slope != 1.0:
+        stored /= np.float32(slope)
+    np.rint(stored, out=stored)
+    np.clip(stored, lo, hi, out=stored)
     out = stored.astype(np.int16 if lo < 0 else np.uint16)
     if keep is not None:
         if source_stored is None:
@@ -197,7 +210,8 @@ def derive_slice(source: Dataset, stored: np.ndarray, series: DerivedSeries, *, 
             continue
         if elem.keyword in REMOVED:
             continue
-        ds.add(copy.deepcopy(elem))
+        # immutable values (str, numbers, bytes, names) are shared; lists and sequences are copied
+        ds.add(copy.copy(elem) if isinstance(elem.value, _IMMUTABLE) else copy.deepcopy(elem))
 
     when = series.created
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
@@ -284,6 +298,37 @@ def write_dataset(ds: Dataset, path: Path) -> Path:
     """Write a dataset made by :func:`derive_slice` as a DICOM Part 10 file (Explicit VR LE)."""
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_denoised_slice(source: CTSlice, hu: np.ndarray, series: DerivedSeries, path: Path, keep_above_hu: float | None = None) -> Path:
+    """Pack denoised HU into the source's representation and write the derived instance.
+
+    Pixels outside the field of view (``source.padding``) and, when ``keep_above_hu`` is given, pixels
+    whose source HU is above it (beyond the model's window: metal) keep their source stored values.
+
+    Args:
+        source: the decoded source slice (dataset, stored values, HU, padding mask).
+        hu: denoised (rows, cols) HU.
+        series: the derived series' attributes.
+        path: output file.
+        keep_above_hu: keep source pixels above this HU (the model card's window top); None to keep none.
+    """
+    keep = source.padding
+    if keep_above_hu is not None:
+        above = source.hu > keep_above_hu
+        keep = above if keep is None else (keep | above)
+    if keep is not None and not keep.any():
+        keep = None
+    stored = hu_to_source_stored(hu, source.dataset, keep, source.stored)
+    ds = derive_slice(source.dataset, stored, series, instance_number=source.index + 1)
+    return write_dataset(ds, path)
+
+
+def write_denoised_slice_from_file(ref: SliceRef, index: int, rows: int, columns: int, hu: np.ndarray, series: DerivedSeries, path: Path, keep_above_hu: float | None = None) -> Path:
+    """:func:`write_denoised_slice` after re-reading the source (for worker processes: only HU is sent)."""
+    from ldct_monai.dicom.reader import decode_slice
+
+    return write_denoised_slice(decode_slice(ref, index, rows, columns), hu, series, path, keep_above_hu)
 
 
 def _source_was_lossy(source: Dataset) -> bool:
