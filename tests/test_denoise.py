@@ -271,9 +271,11 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     write_series(d, n_slices=3, size=16, spacing_z=0.0)
     cases["duplicate positions"] = (d, "duplicate slice position(s)")
     d = tmp / "sizes"
-    write_series(d / "a", n_slices=2, size=16, series_uid=make_uid("sizes"))
-    write_series(d / "b", n_slices=1, size=20, series_uid=make_uid("sizes"), spacing_z=5.0)
-    cases["mixed sizes"] = (d, "mixed image sizes (Rows x Columns): 16x16 in 2 file(s)")
+    f = write_series(d, n_slices=3, size=16)[2]
+    ds = pydicom.dcmread(f)
+    ds.Rows, ds.Columns = 8, 32  # same number of bytes, another size
+    ds.save_as(f)
+    cases["mixed sizes"] = (d, "mixed image sizes (Rows x Columns): 16x16 in 2 file(s) (e.g. 1-001.dcm), 8x32 in 1 file(s) (e.g. 1-003.dcm).")
     d = tmp / "mr"
     write_series(d, n_slices=2, size=16, extra={"Modality": "MR"})
     cases["non-CT modality"] = (d, "no usable CT slices found in 2 file(s) (2 Modality MR, not CT)")

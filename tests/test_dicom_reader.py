@@ -68,8 +68,9 @@ def test_recursive_search_ignores_non_dicom_and_non_ct_with_warning(tmp_path):
 def test_none_usable_is_an_error(tmp_path):
     (tmp_path / "x.txt").write_text("not dicom")
     _series(tmp_path / "mr", [0.0], extra={"Modality": "MR"})
-    with pytest.warns(RuntimeWarning), pytest.raises(InputError, match=r"no usable CT slices found in 2 file\(s\)"):
+    with pytest.raises(InputError, match=r"no usable CT slices found in 2 file\(s\) \(") as err:
         read_series(tmp_path)
+    assert "1 not DICOM" in str(err.value) and "1 Modality MR, not CT" in str(err.value)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="no usable CT slices"):

@@ -289,7 +289,7 @@ def read_series(root: str | Path, series_uid: str | None = None, *, warn_skipped
     """
     scan = scan_series(root)
     root = scan.root
-    if warn_skipped and scan.skipped:
+    if warn_skipped and scan.skipped and scan.series:  # with no series at all, the error says it
         warnings.warn(_skipped_message(root, scan.skipped), RuntimeWarning, stacklevel=2)
     if not scan.series:
         why = f" ({_reason_counts(scan.skipped)})" if scan.skipped else ""
@@ -388,7 +388,7 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
             if tol is not None and v is not None:
                 match = next((k for k in values if k is not None and np.allclose(k, v, atol=tol)), None)
                 v = match if match is not None else v
-            values.setdefault(v, []).append(h.path.name)
+            values.setdefault(v, []).append(_rel(h.path, root))
         if len(values) > 1:
             parts = ", ".join(f"{k} in {len(v)} file(s) (e.g. {v[0]})" for k, v in values.items())
             problems.append(f"mixed {label}: {parts}")
@@ -403,7 +403,7 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
     ):
         bad = [h for h in headers if _int_or_none(getattr(h.ds, key, None)) not in allowed]
         if bad:
-            problems.append(f"{label} must be {sorted(a for a in allowed if a)[0]}, found {getattr(bad[0].ds, key, None)} in {bad[0].path.name}")
+            problems.append(f"{label} must be {sorted(a for a in allowed if a)[0]}, found {getattr(bad[0].ds, key, None)} in {_rel(bad[0].path, root)}")
     photometric = {str(getattr(h.ds, "PhotometricInterpretation", "")) for h in headers}
     if not photometric <= {"MONOCHROME1", "MONOCHROME2"}:
         problems.append(f"PhotometricInterpretation must be MONOCHROME1/2, found {sorted(photometric)}")
@@ -439,7 +439,7 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
         steps = np.diff(z)
         dup = np.flatnonzero(steps < DUPLICATE_TOL_MM)
         if len(dup):
-            pairs = "; ".join(f"{refs[i].path.name} and {refs[i + 1].path.name} at {refs[i].position:.3f} mm" for i in dup[:3])
+            pairs = "; ".join(f"{_rel(refs[i].path, root)} and {_rel(refs[i + 1].path, root)} at {refs[i].position:.3f} mm" for i in dup[:3])
             problems.append(f"{len(dup)} duplicate slice position(s): {pairs}")
     if problems:
         raise InputError(f"{root}: series {uid} is not one consistent CT volume: {'; '.join(problems)}.")
@@ -487,6 +487,11 @@ def _undecodable(ts: str) -> str | None:
     return None
 
 
+def _rel(path: Path, root: Path) -> str:
+    """A file named relative to the series folder (file names repeat across sub-folders)."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def _int_or_none(v) -> int | None:
     try:
         return None if v is None or v == "" else int(v)
@@ -500,7 +505,7 @@ def _reason_counts(skipped: list[tuple[Path, str]]) -> str:
 
 
 def _skipped_message(root: Path, skipped: list[tuple[Path, str]]) -> str:
-    examples = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p, _ in skipped[:3])
+    examples = ", ".join(_rel(p, root) for p, _ in skipped[:3])
     more = ", ..." if len(skipped) > 3 else ""
     return f"{root}: ignored {len(skipped)} file(s) that are not CT slices ({_reason_counts(skipped)}): {examples}{more}"
 
