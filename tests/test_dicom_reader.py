@@ -124,6 +124,39 @@ def test_truncated_file_is_an_error_not_skipped(tmp_path):
         read_series(tmp_path)
 
 
+def test_broken_file_of_another_series_does_not_block_the_chosen_one(tmp_path):
+    a, b = make_uid("A"), make_uid("B")
+    _series(tmp_path / "a", [0.0, 1.0], series_uid=a)
+    f = _series(tmp_path / "b", [0.0, 1.0], series_uid=b)[0]
+    f.write_bytes(f.read_bytes()[:-10])
+    assert len(read_series(tmp_path, series_uid=a)) == 2
+    with pytest.raises(InputError, match=r"broken DICOM file\(s\): b/1-001.dcm \(truncated"):
+        read_series(tmp_path, series_uid=b)
+
+
+def test_missing_geometry_is_an_error(tmp_path):
+    f = _series(tmp_path, [0.0, 1.0])[1]
+    ds = pydicom.dcmread(f)
+    del ds.PixelSpacing
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"PixelSpacing missing in 1 file\(s\) \(e.g. 1-002.dcm\)"):
+        read_series(tmp_path)
+
+
+def test_raw_dataset_without_preamble_is_read(tmp_path):
+    f = _series(tmp_path, [0.0, 1.0])[0]
+    ds = pydicom.dcmread(f)
+    raw = tmp_path / "IMG0001"  # no preamble, no DICM, no extension: old ACR-NEMA style file
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(raw, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    f.unlink()
+    assert raw.read_bytes()[:2] == b"\x08\x00"
+    s = read_series(tmp_path)
+    assert [r.path.name for r in s.slices] == ["IMG0001", "1-002.dcm"]
+    np.testing.assert_allclose(s.read_volume()[:, 0, :3], [[0, 1, 2], [100, 101, 102]])
+
+
 def test_truncated_compressed_file_is_an_error(tmp_path):
     files = _series(tmp_path, [0.0, 1.0], size=32)
     ds = pydicom.dcmread(files[0])

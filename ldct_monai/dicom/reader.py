@@ -28,6 +28,8 @@ from typing import TypeVar
 
 import numpy as np
 import pydicom
+import pydicom.dataset
+import pydicom.uid
 from pydicom.dataset import Dataset
 
 from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, padding_mask, slice_normal, slice_position, to_hu
@@ -108,11 +110,20 @@ class ScanResult:
         root: the folder searched.
         series: SeriesInstanceUID -> headers of its CT slices (file order).
         skipped: (path, reason) for every file that is not a usable CT slice.
+        broken: (path, problem, SeriesInstanceUID or None) for CT files that are truncated or corrupt.
     """
 
     root: Path
     series: dict[str, list[_Header]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    broken: list[tuple[Path, str, str | None]] = field(default_factory=list)
+
+    def raise_if_broken(self, series_uid: str | None) -> None:
+        """Raise for broken files of ``series_uid`` (all series when None) or of an unknown series."""
+        bad = [f"{_rel(p, self.root)} ({why})" for p, why, uid in self.broken if series_uid is None or uid in (None, series_uid)]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise InputError(f"{self.root}: broken DICOM file(s): {'; '.join(bad[:3])}{more}.")
 
     def summaries(self) -> list[SeriesSummary]:
         """One :class:`SeriesSummary` per series, largest first."""
@@ -197,7 +208,8 @@ def decode_slice(ref: SliceRef, index: int, rows: int, columns: int) -> CTSlice:
         InputError: the file cannot be read or decoded, or its size differs.
     """
     try:
-        ds = pydicom.dcmread(ref.path)
+        ds = pydicom.dcmread(ref.path, force=True)  # the scan already accepted it as CT (raw data sets have no preamble)
+        _set_transfer_syntax_if_missing(ds)
         stored = ds.pixel_array
     except Exception as err:  # pydicom and the decoder plugins raise many types; all mean "bad file"
         raise InputError(f"{ref.path}: cannot decode pixel data ({type(err).__name__}: {_first_line(err)}).") from err
@@ -236,12 +248,13 @@ def outside_fov_mask(ds: Dataset, stored: np.ndarray, hu: np.ndarray | None = No
 def scan_series(root: str | Path) -> ScanResult:
     """Read the headers of every file under ``root`` (recursively) and group CT slices by series.
 
-    Files that are not DICOM, not CT, not single-frame CT Image Storage or have no pixel data are
-    skipped with a reason. A file that starts like DICOM but cannot be parsed, or whose pixel data is
-    shorter than its header says, is an error (a broken series must not be denoised silently).
+    Files that are not DICOM, not CT, not single-frame CT Image Storage are skipped with a reason. CT
+    files that cannot be parsed, have no pixel data or whose pixel data is shorter than the header says
+    are listed as broken: :func:`read_series` refuses a series with a broken file (a broken series must
+    not be denoised silently).
 
     Raises:
-        InputError: ``root`` is not a folder, or a DICOM file is truncated or corrupt.
+        InputError: ``root`` is not a folder.
     """
     root = Path(root)
     if not root.exists():
@@ -251,19 +264,16 @@ def scan_series(root: str | Path) -> ScanResult:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     series: dict[str, list[_Header]] = collections.defaultdict(list)
     skipped: list[tuple[Path, str]] = []
-    broken: list[str] = []
+    broken: list[tuple[Path, str, str | None]] = []
     for path in files:
-        hdr, reason = _read_header(path)
+        hdr, reason, uid = _read_header(path)
         if reason is not None and reason.startswith("!"):
-            broken.append(f"{path} ({reason[1:]})")
+            broken.append((path, reason[1:], uid))
         elif hdr is None:
             skipped.append((path, reason or "not usable"))
         else:
             series[str(hdr.ds.SeriesInstanceUID)].append(hdr)
-    if broken:
-        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
-        raise InputError(f"broken DICOM file(s): {'; '.join(broken[:3])}{more}.")
-    return ScanResult(root=root, series=dict(series), skipped=skipped)
+    return ScanResult(root=root, series=dict(series), skipped=skipped, broken=broken)
 
 
 def list_series(root: str | Path) -> list[SeriesSummary]:
@@ -292,6 +302,7 @@ def read_series(root: str | Path, series_uid: str | None = None, *, warn_skipped
     if warn_skipped and scan.skipped and scan.series:  # with no series at all, the error says it
         warnings.warn(_skipped_message(root, scan.skipped), RuntimeWarning, stacklevel=2)
     if not scan.series:
+        scan.raise_if_broken(None)
         why = f" ({_reason_counts(scan.skipped)})" if scan.skipped else ""
         raise InputError(f"{root}: no usable CT slices found in {len(scan.skipped)} file(s){why}.")
     if series_uid is None:
@@ -302,6 +313,7 @@ def read_series(root: str | Path, series_uid: str | None = None, *, warn_skipped
     elif series_uid not in scan.series:
         found = ", ".join(s.series_instance_uid for s in scan.summaries())
         raise InputError(f"{root}: no CT series with SeriesInstanceUID {series_uid} (found: {found}).")
+    scan.raise_if_broken(series_uid)
     return _validate(root, series_uid, scan.series[series_uid], scan.skipped)
 
 
@@ -309,40 +321,71 @@ def read_series(root: str | Path, series_uid: str | None = None, *, warn_skipped
 # Internals
 
 
-def _read_header(path: Path) -> tuple[_Header | None, str | None]:
-    """(header, None) for a usable CT slice; (None, reason) to skip; (None, '!reason') when broken."""
+def _read_header(path: Path) -> tuple[_Header | None, str | None, str | None]:
+    """(header, None, uid) for a usable CT slice; (None, reason, uid) to skip; (None, '!reason', uid) when broken.
+
+    ``uid`` is the SeriesInstanceUID when the header could be read that far, else None.
+    """
+    hdr, reason, ds = _classify(path)
+    uid = str(ds.get("SeriesInstanceUID", "") or "") or None if ds is not None else None
+    return hdr, reason, uid
+
+
+def _classify(path: Path) -> tuple[_Header | None, str | None, Dataset | None]:
     looks_dicom = _has_dicm_prefix(path)
+    force = not looks_dicom and (path.suffix.lower() in (".dcm", ".ima") or _looks_like_raw_dataset(path))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size=1024, force=not looks_dicom and path.suffix.lower() in (".dcm", ".ima"))
+            ds = pydicom.dcmread(path, defer_size=1024, force=force)
     except Exception as err:  # pydicom raises InvalidDicomError, EOFError, ValueError, struct.error ...
         if looks_dicom:
-            return None, f"!cannot parse: {type(err).__name__}: {_first_line(err)}"
-        return None, "not DICOM"
+            return None, f"!cannot parse: {type(err).__name__}: {_first_line(err)}", None
+        return None, "not DICOM", None
     eof_warning = any("End of file" in str(w.message) for w in caught)
     sop_class = str(getattr(ds, "SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     modality = str(getattr(ds, "Modality", "") or "")
     if eof_warning:  # pydicom read up to the end of the file without finding the end of the data
         if sop_class == CT_IMAGE_STORAGE or modality == "CT":
-            return None, "!truncated: the file ends inside its data"
-        return None, "truncated DICOM"
+            return None, "!truncated: the file ends inside its data", ds
+        return None, "truncated DICOM", ds
     if "SeriesInstanceUID" not in ds and not sop_class and not modality:
-        return None, "not DICOM"
+        return None, "not DICOM", ds
     if modality != "CT":
-        return None, f"Modality {modality or 'missing'}, not CT"
+        return None, f"Modality {modality or 'missing'}, not CT", ds
     if sop_class == ENHANCED_CT_IMAGE_STORAGE:
-        return None, "Enhanced CT (multi-frame) is not supported"
+        return None, "Enhanced CT (multi-frame) is not supported", ds
     if sop_class != CT_IMAGE_STORAGE:
-        return None, f"SOP class {sop_class or 'missing'} is not CT Image Storage"
+        return None, f"SOP class {sop_class or 'missing'} is not CT Image Storage", ds
     if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
-        return None, "!SeriesInstanceUID or SOPInstanceUID missing"
+        return None, "!SeriesInstanceUID or SOPInstanceUID missing", ds
     if PIXEL_DATA not in ds:
-        return None, "!no Pixel Data"
+        return None, "!no Pixel Data", ds
     problem = _pixel_length_problem(path, ds)
     if problem:
-        return None, "!" + problem
-    return _Header(path=path, ds=ds), None
+        return None, "!" + problem, ds
+    return _Header(path=path, ds=ds), None, ds
+
+
+def _set_transfer_syntax_if_missing(ds: Dataset) -> None:
+    """A raw data set (no file meta) was read with a guessed encoding: record it so pixels decode."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    uid = pydicom.uid.ImplicitVRLittleEndian if implicit else (pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+    if meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+
+
+def _looks_like_raw_dataset(path: Path) -> bool:
+    """A DICOM data set without preamble (old ACR-NEMA style files): it starts with a group 0008 tag."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x08\x00"
+    except OSError:
+        return False
 
 
 def _has_dicm_prefix(path: Path) -> bool:
@@ -377,6 +420,12 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
     """Check one series is a consistent volume; collect every problem, then raise once."""
     problems: list[str] = []
     first = headers[0].ds
+    for kw in ("Rows", "Columns", "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "BitsAllocated", "BitsStored", "PixelRepresentation"):
+        missing = [h for h in headers if h.ds.get(kw) in (None, "")]
+        if missing:
+            problems.append(f"{kw} missing in {len(missing)} file(s) (e.g. {_rel(missing[0].path, root)})")
+    if problems:
+        raise InputError(f"{root}: series {uid} cannot be read as CT slices: {'; '.join(problems)}.")
 
     def distinct(label: str, key, tol: float | None = None) -> None:
         values: dict = {}
