@@ -39,7 +39,7 @@ def test_bench_series_is_a_valid_padded_ct_series(tmp_path):
 def test_bench_cli_reports_ratios_and_memory(tmp_path):
     out = tmp_path / "bench.json"
     r = CliRunner().invoke(app, ["bench", "denoise", "--slices", "3", "--size", "64", "--ngf", "4", "--n-blocks", "1",
-                                 "--batch-size", "2", "--device", "cpu", "--memory-lengths", "2,6", "--memory-ngf", "4",
+                                 "--batch-size", "1", "--device", "cpu", "--memory-lengths", "2,6", "--memory-ngf", "4",
                                  "--out", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
