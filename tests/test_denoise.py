@@ -243,6 +243,7 @@ def test_cli_warns_about_ignored_files_and_overwrites(identity_model, tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "Warning:" in r.output and "README.txt" in r.output and "Wrote 2 slices" in r.output
+    assert "'Full Dose Images [denoised ldct-monai-cyclegan]'" in " ".join(r.output.split())  # no markup eaten
     first = {pydicom.dcmread(f).SeriesInstanceUID for f in out.glob("*.dcm")}
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "--overwrite" in r.output

@@ -199,6 +199,8 @@ def denoise(
     workers: int | None = typer.Option(None, "--workers", min=0, help="Worker processes for DICOM reading/writing (0: threads; default 0 on CPU, min(8, cores/2) on GPU)."),
 ) -> None:
     """Denoise a DICOM CT series into a derived DICOM series of the same study."""
+    from rich.markup import escape
+
     from ldct_monai.progress import console
 
     if precision not in ("fp32", "bf16"):
@@ -223,7 +225,7 @@ def denoise(
         finally:
             for w in caught:
                 if issubclass(w.category, RuntimeWarning):
-                    console.print(f"[yellow]Warning:[/] {w.message}", highlight=False, soft_wrap=True)
+                    console.print(f"[yellow]Warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
                 else:
                     log.debug("%s: %s", w.category.__name__, w.message)
     t = summary["timings"]
@@ -234,4 +236,5 @@ def denoise(
         f"{summary['device']}.",
         highlight=False,
         soft_wrap=True,
+        markup=False,  # descriptions and paths may hold [brackets]
     )
