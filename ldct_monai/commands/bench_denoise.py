@@ -77,10 +77,11 @@ def bench_denoise(
     console.print(table)
     if mem:
         mt = Table(title=f"peak memory vs series length ({size}x{size}, ngf={memory_ngf}, child process per run)")
-        for col in ("slices", "peak RSS MiB", "peak GPU MiB", "float32 volume MiB", "slices/s"):
+        for col in ("slices", "peak RSS MiB", "RSS at end MiB", "peak GPU MiB", "float32 volume MiB", "slices/s"):
             mt.add_column(col, justify="right")
         for m in mem:
-            mt.add_row(str(m["slices"]), f"{m['peak_rss_mib']:.0f}", "-" if m["peak_gpu_mib"] is None else f"{m['peak_gpu_mib']:.0f}",
+            mt.add_row(str(m["slices"]), f"{m['peak_rss_mib']:.0f}", "-" if m.get("rss_end_mib") is None else f"{m['rss_end_mib']:.0f}",
+                       "-" if m["peak_gpu_mib"] is None else f"{m['peak_gpu_mib']:.0f}",
                        f"{m['volume_f32_mib']:.0f}", f"{m['slices_per_s']:.2f}")
         console.print(mt)
     if out is not None:
@@ -295,7 +296,11 @@ def _probe(args: dict) -> dict:
         gpu = torch.cuda.max_memory_allocated() / 2**20
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest I/O worker process, if any
-    return {"slices": s["n_slices"], "peak_rss_mib": rss_kib / 1024, "peak_rss_worker_mib": child_kib / 1024 if s["workers"] else None,
+    try:  # resident memory now, after the whole series: grows with length if anything is kept per slice
+        rss_end = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        rss_end = None
+    return {"slices": s["n_slices"], "peak_rss_mib": rss_kib / 1024, "rss_end_mib": rss_end, "peak_rss_worker_mib": child_kib / 1024 if s["workers"] else None,
             "peak_gpu_mib": gpu, "slices_per_s": s["timings"]["slices_per_s"]}
 
 
