@@ -35,9 +35,9 @@ def _hu(shape, seed=0):
     return np.random.default_rng(seed).uniform(-1000, 3000, shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("tile", [None, 32, 48])
+@pytest.mark.parametrize("tile", [None, 32])
 def test_identity_full_and_tiled(identity, tile):
-    hu = _hu((3, 70, 90))  # not multiples of the stride, larger than a tile
+    hu = _hu((2, 42, 54))  # not multiples of the stride, larger than a tile
     out = Denoiser(identity, device="cpu", batch_size=2, tile=tile)(hu)
     assert out.shape == hu.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, hu, atol=2e-3)  # float round trip only: Gaussian blending of equal values
