@@ -54,7 +54,8 @@ def denoise_series(
         progress: show a progress bar.
         workers: worker processes for reading/decoding and packing/writing; 0 uses two threads in this
             process instead. None: 0 on CPU (the model already uses every core), on CUDA
-            min(8, cores // 2) (Python-level DICOM work would otherwise throttle a fast GPU).
+            min(8, cores // 2) (Python-level DICOM work would otherwise throttle a fast GPU). Workers
+            are started with ``spawn``: a calling script needs the ``if __name__ == "__main__":`` guard.
 
     Returns:
         Summary: ``n_slices``, ``series_instance_uid`` (output), ``source_series_instance_uid``,
