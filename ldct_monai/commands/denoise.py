@@ -1,14 +1,241 @@
-"""`ldct-monai denoise` command."""
+"""`ldct-monai denoise SERIES_DIR OUT_DIR --model MODEL`: a CT series in, a derived denoised series out.
+
+The library entry point is :func:`denoise_series` (used by ``evaluate`` and ``demo`` too); the typer
+command :func:`denoise` only maps options onto it and prints the result. See ``docs/denoise.md``.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from ldct_monai.errors import NotImplementedYet
+from ldct_monai.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
-def denoise(series_dir: Path = typer.Argument(..., help="Folder with one CT series."), out_dir: Path = typer.Argument(..., help="Output folder.")) -> None:
-    """Denoise a DICOM CT series into a derived DICOM series."""
-    raise NotImplementedYet("'ldct-monai denoise' is not implemented yet.")
+def denoise_series(
+    series_dir: str | Path,
+    out_dir: str | Path,
+    model_path: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 4,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    series_uid: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Denoise one CT series into a derived DICOM series of the same study, written atomically.
+
+    Args:
+        series_dir: folder holding the series (searched recursively; other files are ignored).
+        out_dir: output folder; created atomically (temporary sibling, then rename).
+        model_path: a run folder or its ``model/`` folder (card + weights).
+        device: "auto", "cpu" or "cuda[:N]".
+        precision: "fp32" (default), "bf16" or "fp16" autocast.
+        batch_size: slices (or tiles) per forward pass.
+        tile: None for full slices, else tile size in pixels (MONAI SlidingWindowInferer).
+        overlap: tile overlap fraction (tiled mode).
+        series_uid: SeriesInstanceUID to pick when ``series_dir`` holds several series.
+        overwrite: replace an existing non-empty ``out_dir``.
+        progress: show a progress bar.
+        workers: worker processes for reading/decoding and packing/writing; 0 uses two threads in this
+            process instead. None: 0 on CPU (the model already uses every core), on CUDA
+            min(8, cores // 2) (Python-level DICOM work would otherwise throttle a fast GPU). Workers
+            are started with ``spawn``: a calling script needs the ``if __name__ == "__main__":`` guard.
+
+    Returns:
+        Summary: ``n_slices``, ``series_instance_uid`` (output), ``source_series_instance_uid``,
+        ``series_number``, ``out_dir``, ``files``, ``model``, ``card_hash``, ``device``, ``precision``,
+        ``mode``, ``skipped_files`` and ``timings`` (``scan_s``, ``load_model_s``, ``denoise_s``,
+        ``model_s``, ``total_s``, ``slices_per_s``).
+
+    Raises:
+        InputError: bad series, model, options or output location (nothing is written).
+        OutputExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is False.
+    """
+    import pydicom
+
+    from ldct_monai import __version__
+    from ldct_monai.dicom.reader import decode_hu, read_series
+    from ldct_monai.dicom.writer import DerivedSeries, write_denoised_slice, write_denoised_slice_from_file
+    from ldct_monai.inference import Denoiser, denoise_stream
+    from ldct_monai.io_utils import atomic_output_dir, check_output_dir
+    from ldct_monai.modelio import load_model
+    from ldct_monai.progress import make_progress
+
+    t0 = time.perf_counter()
+    series_dir, out_dir = Path(series_dir), Path(out_dir)
+    _check_not_nested(series_dir, out_dir)
+    check_output_dir(out_dir, overwrite)  # fail before any heavy work
+    series = read_series(series_dir, series_uid)
+    t_scan = time.perf_counter()
+    model = load_model(Path(model_path))
+    denoiser = Denoiser(model, device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap)
+    t_model = time.perf_counter()
+
+    window = model.hu_window
+    card = model.card
+    derivation = (
+        f"Denoised by ldct-monai {__version__} with model '{model.name}' "
+        f"(card sha256 {model.card_hash}, step {card.get('step')}, manifest {card.get('manifest_hash')}): "
+        f"low-dose to full-dose CycleGAN ResNet generator, HU window [{window.low:g}, {window.high:g}], "
+        f"{precision}, {denoiser.mode}. Pixels outside the field of view and above {window.high:g} HU keep "
+        "their source values."
+    )
+    first = pydicom.dcmread(series.slices[0].path, stop_before_pixels=True)
+    derived = DerivedSeries.for_source(
+        first, what=f"denoised {model.name}", derivation_description=derivation, model_name=model.name
+    )
+    width = max(4, len(str(len(series))))
+    names = [f"IM-{i + 1:0{width}d}.dcm" for i in range(len(series))]
+    refs, rows, cols = series.slices, series.rows, series.columns
+    n_workers = default_workers(denoiser.device) if workers is None else int(workers)
+    files: list[Path] = []
+
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_output_dir(out_dir, overwrite=overwrite))
+        if n_workers > 0:
+            # worker processes read/decode and pack/write, so the GIL never throttles a fast GPU;
+            # spawn (not fork): safe with CUDA and with threads running in this process
+            pool = stack.enter_context(cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")))
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+
+            def load(i: int) -> tuple[int, Any]:
+                return i, pool.submit(decode_hu, refs[i], i, rows, cols).result()
+
+            def save(i: int, hu_out: Any) -> Path:
+                return pool.submit(write_denoised_slice_from_file, refs[i], i, rows, cols, hu_out, derived, tmp / names[i], window.high).result()
+
+            io_threads = n_workers
+        else:
+
+            def load(i: int) -> tuple[int, Any]:
+                s = series.read_slice(i)
+                return s, s.hu
+
+            def save(s: Any, hu_out: Any) -> Path:
+                return write_denoised_slice(s, hu_out, derived, tmp / names[s.index], window.high)
+
+            io_threads = 2
+        bar = stack.enter_context(make_progress(disable=not progress))
+        task = bar.add_task("Denoising", total=len(series), unit="slice")
+
+        def saved(payload: Any) -> None:
+            i = payload if isinstance(payload, int) else payload.index
+            files.append(out_dir / names[i])
+            bar.advance(task)
+
+        stats = denoise_stream(
+            denoiser, range(len(series)), load, save, read_ahead=max(2 * batch_size, 2 * io_threads),
+            read_workers=io_threads, write_workers=io_threads, on_saved=saved,
+        )
+    t_end = time.perf_counter()
+    return {
+        "n_slices": len(series),
+        "series_instance_uid": derived.series_instance_uid,
+        "source_series_instance_uid": series.series_instance_uid,
+        "series_number": derived.series_number,
+        "series_description": derived.series_description,
+        "out_dir": str(out_dir),
+        "files": [str(f) for f in files],
+        "model": model.name,
+        "card_hash": model.card_hash,
+        "device": str(denoiser.device),
+        "precision": precision,
+        "mode": denoiser.mode,
+        "workers": n_workers,
+        "skipped_files": len(series.skipped),
+        "timings": {
+            "scan_s": round(t_scan - t0, 4),
+            "load_model_s": round(t_model - t_scan, 4),
+            "denoise_s": round(stats.wall_s, 4),
+            "model_s": round(stats.model_s, 4),
+            "wait_read_s": round(stats.wait_read_s, 4),
+            "wait_write_s": round(stats.wait_write_s, 4),
+            "total_s": round(t_end - t0, 4),
+            "slices_per_s": round(stats.items_per_s, 3),
+        },
+    }
+
+
+def default_workers(device: Any) -> int:
+    """Worker processes for DICOM I/O: none on CPU, min(8, cores // 2) next to a GPU."""
+    if getattr(device, "type", str(device)) == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def _check_not_nested(series_dir: Path, out_dir: Path) -> None:
+    """The output must not be, contain or sit inside the input (overwrite would delete the input)."""
+    src, dst = series_dir.resolve(), out_dir.resolve()
+    if src == dst or src.is_relative_to(dst) or dst.is_relative_to(src):
+        raise InputError(f"{out_dir}: OUT_DIR must be outside SERIES_DIR {series_dir} (and not contain it).")
+
+
+def denoise(
+    series_dir: Path = typer.Argument(..., help="Folder with the CT series (searched recursively)."),
+    out_dir: Path = typer.Argument(..., help="Output folder for the derived DICOM series (created atomically)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Trained model: RUN_DIR or RUN_DIR/model."),
+    series_uid: str | None = typer.Option(None, "--series-uid", help="SeriesInstanceUID to denoise when SERIES_DIR holds several series."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Slices (or tiles) per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (default) or bf16 (see docs/denoise.md for its HU error)."),
+    tile: int | None = typer.Option(None, "--tile", help="Tiled inference with this tile size in pixels (e.g. 128); full slices when omitted."),
+    overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95, help="Tile overlap fraction (with --tile)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty OUT_DIR."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Worker processes for DICOM reading/writing (0: threads; default 0 on CPU, min(8, cores/2) on GPU)."),
+) -> None:
+    """Denoise a DICOM CT series into a derived DICOM series of the same study."""
+    from rich.markup import escape
+
+    from ldct_monai.progress import console
+
+    if precision not in ("fp32", "bf16"):
+        raise InputError(f"--precision must be fp32 or bf16, found {precision!r}.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            summary = denoise_series(
+                series_dir,
+                out_dir,
+                model,
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                tile=tile,
+                overlap=overlap,
+                series_uid=series_uid,
+                overwrite=overwrite,
+                progress=True,
+                workers=workers,
+            )
+        finally:
+            for w in caught:
+                if issubclass(w.category, RuntimeWarning):
+                    console.print(f"[yellow]Warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
+                else:
+                    log.debug("%s: %s", w.category.__name__, w.message)
+    t = summary["timings"]
+    console.print(
+        f"Wrote {summary['n_slices']} slices to {summary['out_dir']} "
+        f"(series {summary['series_number']} '{summary['series_description']}', SeriesInstanceUID "
+        f"{summary['series_instance_uid']}) in {t['total_s']:.1f} s, {t['slices_per_s']:.2f} slices/s on "
+        f"{summary['device']}.",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,  # descriptions and paths may hold [brackets]
+    )
