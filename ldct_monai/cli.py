@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import typer
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from ldct_monai import __version__
 from ldct_monai.commands import bench, build_manifest, demo, denoise, evaluate, synth, train
@@ -36,7 +37,7 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except LdctError as err:
-            console.print(f"[bold red]Error:[/] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]Error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("[bold red]Interrupted[/] (no partial output was left in place).")

@@ -166,3 +166,12 @@ def test_atomic_outputs_follow_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "d" / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_cli_error_text_is_not_rich_markup(tmp_path):
+    # A folder name with brackets must appear verbatim in the one-line error, not be eaten as markup.
+    missing = tmp_path / "[bold]x[/bold]"
+    r = CliRunner().invoke(app, ["build-manifest", str(missing), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 1
+    assert "[bold]x[/bold]" in r.output.replace("\n", "")
+    assert "Traceback" not in r.output
