@@ -321,4 +321,4 @@ def _threads() -> int:
 
 
 if __name__ == "__main__":  # child process of run_memory_probe
-    print(json.dumps(_probe(json.loads(sys.argv[1]))))
+    sys.stdout.write(json.dumps(_probe(json.loads(sys.argv[1]))) + "\n")  # the parent reads this line

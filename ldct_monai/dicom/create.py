@@ -69,6 +69,17 @@ class SeriesInfo:
     extra: dict = field(default_factory=dict)  # more keyword -> value pairs set on every slice
 
 
+def ct_file_meta(sop_uid: str) -> FileMetaDataset:
+    """File meta information of a CT Image Storage instance we write: Explicit VR Little Endian."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"LDCT_MONAI_{__version__}"[:16]
+    return meta
+
+
 def hu_to_stored(hu: np.ndarray, slope: float, intercept: float, signed: bool) -> np.ndarray:
     """HU -> stored integers with rounding and clipping to what 16 bits can hold (never wrapping)."""
     stored = np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope)
@@ -104,15 +115,8 @@ def make_ct_slice(
     stored = hu_to_stored(hu, info.rescale_slope, info.rescale_intercept, signed)
     when = content_datetime or _dt.datetime.combine(info.study_date, _dt.time(12, 0))
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"LDCT_MONAI_{__version__}"[:16]
-
     ds = Dataset()
-    ds.file_meta = meta
+    ds.file_meta = ct_file_meta(sop_uid)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = list(info.image_type)
     ds.SOPClassUID = CT_IMAGE_STORAGE

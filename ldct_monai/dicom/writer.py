@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom.uid
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.valuerep import PersonName
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from ldct_monai import __version__
 from ldct_monai.dicom.core import CT_IMAGE_STORAGE, rescale
-from ldct_monai.dicom.create import make_uid
+from ldct_monai.dicom.create import ct_file_meta, make_uid
 from ldct_monai.errors import InputError
 
 if TYPE_CHECKING:
@@ -283,13 +282,7 @@ def derive_slice(source: Dataset, stored: np.ndarray, series: DerivedSeries, *, 
     if _source_was_lossy(source):
         ds.LossyImageCompression = "01"  # PS3.3 C.7.6.1.1.5: once lossy, never reset (ratio/method kept as history)
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"LDCT_MONAI_{__version__}"[:16]
-    ds.file_meta = meta
+    ds.file_meta = ct_file_meta(sop_uid)
     ds.preamble = b"\x00" * 128
     return ds
 
