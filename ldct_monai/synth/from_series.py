@@ -131,7 +131,7 @@ def simulate_low_dose_series(
     from ldct_monai.io_utils import atomic_output_dir
     from ldct_monai.progress import make_progress
     from ldct_monai.synth.noise import PROTOCOLS
-    from ldct_monai.synth.projector import KERNELS
+    from ldct_monai.synth.projector import KERNELS, clear_cache
     from ldct_monai.synth.simulate import insert_noise
 
     t0 = time.perf_counter()
@@ -178,6 +178,7 @@ def simulate_low_dose_series(
             noise[k : k + chunk] = insert_noise(part, spacing, thickness, protocol, fraction=fraction, kernel=kernel,
                                                 generator=gen, n_views=n_views).numpy()
             bar.advance(task, part.shape[0])
+    clear_cache()
     noise = noise[:, r0 : r0 + rows, c0 : c0 + cols]
     low = hu_vol + np.where(pad_vol, 0.0, noise)
 

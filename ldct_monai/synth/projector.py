@@ -14,6 +14,7 @@ along long paths).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -75,19 +76,13 @@ def forward_project(mu: torch.Tensor, geom: ParallelGeometry, view_chunk: int = 
         (slices, n_views, n) dimensionless line integrals.
     """
     n = geom.n
-    device = mu.device
-    c = (torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2) * (2.0 / (n - 1))  # normalised
-    s, t = torch.meshgrid(c, c, indexing="ij")  # s along the ray (rows of the output), t across (detector)
-    out = torch.empty(mu.shape[0], geom.n_views, n, device=device, dtype=torch.float32)
+    out = torch.empty(mu.shape[0], geom.n_views, n, device=mu.device, dtype=torch.float32)
     img = mu[None].float()  # (1, slices, n, n)
     for v0 in range(0, geom.n_views, view_chunk):
-        th = geom.angles(device)[v0 : v0 + view_chunk]
-        cos, sin = torch.cos(th)[:, None, None], torch.sin(th)[:, None, None]
-        x = t[None] * cos - s[None] * sin  # (chunk, n_s, n_t)
-        y = t[None] * sin + s[None] * cos
-        grid = torch.stack((x, y), dim=-1).reshape(1, -1, n, 2)  # (1, chunk * n_s, n_t, 2)
+        grid = _projection_grid(n, geom.n_views, v0, view_chunk, str(mu.device))
+        views = grid.shape[1] // n
         samples = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[:, v0 : v0 + len(th)] = samples.reshape(mu.shape[0], len(th), n, n).sum(dim=2)
+        out[:, v0 : v0 + views] = samples.reshape(mu.shape[0], views, n, n).sum(dim=2)
     return out * geom.spacing
 
 
@@ -132,17 +127,65 @@ def fbp(sino: torch.Tensor, geom: ParallelGeometry, kernel: str = "smooth", view
     filt = ramp_filter(n, geom.spacing, kernel, device)
     n_pad = 2 * (filt.numel() - 1)
     q = torch.fft.irfft(torch.fft.rfft(sino.float(), n=n_pad, dim=-1) * filt, n=n_pad, dim=-1)[..., :n]
-    c = (torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2) * (2.0 / (n - 1))
-    yy, xx = torch.meshgrid(c, c, indexing="ij")
-    xy = torch.stack((xx.reshape(-1), yy.reshape(-1)))  # (2, n^2) normalised pixel centres
-    angles = geom.angles(device)
     img = torch.zeros(sino.shape[0], n * n, device=device, dtype=torch.float32)
-    zeros = torch.zeros(1, device=device)
     for v0 in range(0, geom.n_views, view_chunk):
-        th = angles[v0 : v0 + view_chunk]
-        tpos = torch.cos(th)[:, None] * xy[0] + torch.sin(th)[:, None] * xy[1]  # (chunk, n^2) normalised t
-        grid = torch.stack((tpos, zeros.expand_as(tpos)), dim=-1)[:, None]  # (chunk, 1, n^2, 2)
-        rows = q[:, v0 : v0 + len(th)].permute(1, 0, 2)[:, :, None]  # (chunk, slices, 1, n)
+        grid = _backprojection_grid(n, geom.n_views, v0, view_chunk, str(device))
+        rows = q[:, v0 : v0 + grid.shape[0]].permute(1, 0, 2)[:, :, None]  # (chunk, slices, 1, n)
         img += F.grid_sample(rows, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, :, 0].sum(0)
     img = img.reshape(-1, n, n) * (math.pi / geom.n_views)
     return img * geom.fov_mask(device)
+
+
+# Interpolation grids depend only on (n, views), not on the data: cached for small images, where
+# computing them is a quarter of the work, recomputed for large ones (a 512 x 512 x 512-view grid is 1 GiB).
+_CACHE_MAX_N = 256
+
+
+_CACHES: list = []
+
+
+def _cached(func):
+    cached = functools.lru_cache(maxsize=16)(func)  # one 256-pixel geometry needs 8 chunks of 17 MB
+    _CACHES.append(cached)
+
+    @functools.wraps(func)
+    def wrapper(n: int, n_views: int, v0: int, chunk: int, device: str) -> torch.Tensor:
+        return cached(n, n_views, v0, chunk, device) if n <= _CACHE_MAX_N else func(n, n_views, v0, chunk, device)
+
+    return wrapper
+
+
+def clear_cache() -> None:
+    """Free the cached interpolation grids (a few hundred MB after a 256-pixel run)."""
+    for cached in _CACHES:
+        cached.cache_clear()
+
+
+def _view_angles(n_views: int, v0: int, chunk: int, device: str) -> torch.Tensor:
+    return (torch.arange(v0, min(v0 + chunk, n_views), device=device, dtype=torch.float64) * (math.pi / n_views)).float()
+
+
+def _norm_coords(n: int, device: str) -> torch.Tensor:
+    return (torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2) * (2.0 / (n - 1))
+
+
+@_cached
+def _projection_grid(n: int, n_views: int, v0: int, chunk: int, device: str) -> torch.Tensor:
+    """Sample points of the rays of views v0..v0+chunk: (1, chunk * n, n, 2), normalised image coordinates."""
+    c = _norm_coords(n, device)
+    s, t = torch.meshgrid(c, c, indexing="ij")  # s along the ray (summed), t across (detector bin)
+    th = _view_angles(n_views, v0, chunk, device)
+    cos, sin = torch.cos(th)[:, None, None], torch.sin(th)[:, None, None]
+    x = t[None] * cos - s[None] * sin
+    y = t[None] * sin + s[None] * cos
+    return torch.stack((x, y), dim=-1).reshape(1, -1, n, 2)
+
+
+@_cached
+def _backprojection_grid(n: int, n_views: int, v0: int, chunk: int, device: str) -> torch.Tensor:
+    """Detector position of every pixel centre for views v0..v0+chunk: (chunk, 1, n^2, 2), normalised."""
+    c = _norm_coords(n, device)
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    th = _view_angles(n_views, v0, chunk, device)
+    tpos = torch.cos(th)[:, None] * xx.reshape(-1) + torch.sin(th)[:, None] * yy.reshape(-1)
+    return torch.stack((tpos, torch.zeros_like(tpos)), dim=-1)[:, None]

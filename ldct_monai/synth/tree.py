@@ -121,6 +121,7 @@ def synth_tree(out_dir: Path, config: SynthConfig, progress: bool = True, overwr
 
     from ldct_monai.io_utils import atomic_output_dir
     from ldct_monai.progress import make_progress
+    from ldct_monai.synth.projector import clear_cache
 
     config.validate()
     t0 = time.perf_counter()
@@ -130,14 +131,17 @@ def synth_tree(out_dir: Path, config: SynthConfig, progress: bool = True, overwr
     files = 0
     with atomic_output_dir(Path(out_dir), overwrite) as tmp, make_progress(disable=not progress) as bar:
         task = bar.add_task("synth", total=total, unit="slices", info="")
-        with torch.inference_mode():
-            for patient in plan:
-                bar.update(task, info=patient["id"])
-                for written, patient_stats in _write_patient(tmp, patient, config):
-                    files += written
-                    bar.advance(task, written)
-                    for key, values in patient_stats.items():
-                        stats.setdefault(patient["body_part"].value, {}).setdefault(key, []).extend(values)
+        try:
+            with torch.inference_mode():
+                for patient in plan:
+                    bar.update(task, info=patient["id"])
+                    for written, patient_stats in _write_patient(tmp, patient, config):
+                        files += written
+                        bar.advance(task, written)
+                        for key, values in patient_stats.items():
+                            stats.setdefault(patient["body_part"].value, {}).setdefault(key, []).extend(values)
+        finally:
+            clear_cache()
     summary = {
         "out_dir": str(Path(out_dir)),
         "files": files,
@@ -296,6 +300,12 @@ def _write_patient(root: Path, patient: dict, config: SynthConfig):
                     position=(origin, origin, round(z_table + float(z), 4)),
                     sop_uid=make_uid(*seed, dose, k),
                 )
+                # automatic exposure control: this slice's tube current, exposure and CTDIvol
+                f = float(res.exposure_factor[j])
+                info = infos[dose]
+                ds.XRayTubeCurrent = int(round(info.tube_current_ma * f))
+                ds.Exposure = int(round(info.exposure_mas * f))
+                ds.CTDIvol = round(info.ctdi_vol * f, 4)
                 ds.save_as(series_dirs[dose] / f"1-{k + 1:03d}.dcm", enforce_file_format=True)
                 written += 1
         # noise figures in soft tissue of the noise-free phantom, eroded so edges do not count
