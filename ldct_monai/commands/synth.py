@@ -15,21 +15,25 @@ def synth(
     slices: int = typer.Option(8, "--slices", "-s", help="Slices per series."),
     size: int = typer.Option(128, "--size", help="Image rows = columns, pixels (clinical: 512)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes identical files."),
-    slice_thickness: float = typer.Option(1.0, "--slice-thickness", help="Slice thickness = spacing, mm (Mayo: 1 or 3)."),
-    kernel: str = typer.Option("smooth", "--kernel", help="Reconstruction kernel: smooth (B30f-like) or sharp (D45f-like)."),
+    slice_thickness: float = typer.Option(
+        1.0, "--slice-thickness", help="Slice thickness = spacing, mm (Mayo: 1 or 3)."
+    ),
+    kernel: str = typer.Option(
+        "smooth", "--kernel", help="Reconstruction kernel: smooth (B30f-like) or sharp (D45f-like)."
+    ),
     dose_fraction: float | None = typer.Option(
-        None, "--dose-fraction", help="Low-dose fraction for every body part [default: 0.25, chest 0.10]."
+        None, "--dose-fraction", help="Low-dose fraction for every body part (default: 0.25; chest 0.10)."
     ),
     no_ld_share: float = typer.Option(
         0.0, "--no-ld-share", help="Share of patients without a low-dose series (TCIA GE exams: ~0.5)."
     ),
     body_parts: str = typer.Option("CLN", "--body-parts", help="Body parts to write: any of C, L, N."),
-    views: int | None = typer.Option(None, "--views", help="Projections over 180 degrees [default: --size]."),
+    views: int | None = typer.Option(None, "--views", help="Projections over 180 degrees (default: --size)."),
     from_series: Path | None = typer.Option(
         None, "--from-series", help="Real full-dose series folder: write its simulated low-dose series to OUT_DIR."
     ),
     body_part: str | None = typer.Option(
-        None, "--body-part", help="With --from-series: dose protocol C, L or N [default: from BodyPartExamined]."
+        None, "--body-part", help="With --from-series: dose protocol C, L or N (default: from BodyPartExamined)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -71,8 +75,8 @@ def synth(
         table.add_column(col, justify="right")
     for bp in config.body_parts:
         nz = summary["noise"].get(bp, {})
-        table.add_row(bp, str(len(summary["patients"][bp])),
-                      *(f"{nz[k]:.1f}" if k in nz else "-" for k in ("fd_std_hu", "ld_std_hu", "diff_std_hu", "psnr_db")))
+        keys = ("fd_std_hu", "ld_std_hu", "diff_std_hu", "psnr_db")
+        table.add_row(bp, str(len(summary["patients"][bp])), *(f"{nz[k]:.1f}" if k in nz else "-" for k in keys))
     console.print(table)
     if summary["no_low_dose"]:
         console.print(f"Without a low-dose series: {', '.join(summary['no_low_dose'])}", highlight=False)

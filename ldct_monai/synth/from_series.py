@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # BodyPartExamined values mapped to a dose protocol (anything else: abdomen, with a warning).
 _BODY_PART_OF_TAG = {
     "CHEST": BodyPart.CHEST, "THORAX": BodyPart.CHEST, "LUNG": BodyPart.CHEST,
-    "ABDOMEN": BodyPart.ABDOMEN, "LIVER": BodyPart.ABDOMEN, "PELVIS": BodyPart.ABDOMEN, "ABDOMENPELVIS": BodyPart.ABDOMEN,
+    "ABDOMEN": BodyPart.ABDOMEN, "LIVER": BodyPart.ABDOMEN, "PELVIS": BodyPart.ABDOMEN,
+    "ABDOMENPELVIS": BodyPart.ABDOMEN,
     "HEAD": BodyPart.HEAD, "BRAIN": BodyPart.HEAD, "SKULL": BodyPart.HEAD,
 }
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
@@ -211,7 +212,7 @@ def simulate_low_dose_series(
             if "SeriesNumber" in ds and ds.SeriesNumber is not None:
                 new.SeriesNumber = min(int(ds.SeriesNumber) + 1000, 2**31 - 1)
             image_type = list(getattr(ds, "ImageType", []) or [])
-            new.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]] if len(image_type) >= 2 else ["DERIVED", "SECONDARY"]
+            new.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
             new.DerivationDescription = (
                 f"Simulated {fraction:g} dose fraction by projection-domain noise insertion (Yu et al. 2012, "
                 f"ldct-monai, kernel {kernel})"

@@ -68,10 +68,10 @@ PROTOCOLS: dict[BodyPart, DoseProtocol] = {
     BodyPart.CHEST: DoseProtocol(
         i0=2.8e3, dose_fraction=0.10, reference_diameter=240.0, tube_current_ma=145, exposure_mas=72, ctdi_vol=7.5),
     BodyPart.ABDOMEN: DoseProtocol(
-        i0=2.2e4, dose_fraction=0.25, reference_diameter=290.0, tube_current_ma=330, exposure_mas=165, ctdi_vol=13.0),
+        i0=1.9e4, dose_fraction=0.25, reference_diameter=290.0, tube_current_ma=330, exposure_mas=165, ctdi_vol=13.0),
     BodyPart.HEAD: DoseProtocol(
-        i0=2.0e4, dose_fraction=0.25, reference_diameter=190.0, bowtie_mm=25.0, bowtie_radius=130.0, tube_current_ma=380, exposure_mas=380,
-        ctdi_vol=55.0,
+        i0=2.0e4, dose_fraction=0.25, reference_diameter=190.0, bowtie_mm=25.0, bowtie_radius=130.0,
+        tube_current_ma=380, exposure_mas=380, ctdi_vol=55.0,
     ),
 }
 

@@ -226,7 +226,8 @@ def _body_wall(ph: Phantom, rng: np.random.Generator, a: float, b: float, fat: f
     """Skin/subcutaneous fat, muscle layer, and the visceral fat inside it; the patient table below."""
     ph.add("cylinder", (0, 0, 0), (a, b, 0), FAT + _jit(rng, 10), texture=("fine", 6.0))
     ph.add("cylinder", (0, 0, 0), (a - fat, b - fat, 0), MUSCLE + _jit(rng, 5), texture=("fine", 5.0))
-    ph.add("cylinder", (0, 0, 0), (a - fat - muscle, b - fat - muscle, 0), FAT + 10 + _jit(rng, 10), texture=("fine", 8.0))
+    inner = (a - fat - muscle, b - fat - muscle, 0)
+    ph.add("cylinder", (0, 0, 0), inner, FAT + 10 + _jit(rng, 10), texture=("fine", 8.0))
     # carbon-fibre table top under the patient (a thin, dense shell over foam)
     y = b + 6.0
     ph.add("box", (0, y + 4, 0), (min(ph.fov * 0.42, 230), 4.0, 0), -850.0)
@@ -250,7 +251,8 @@ def _spine(ph: Phantom, rng: np.random.Generator, y: float, r: float, z_phase: f
                    angle=side * 0.35, z0=zc - half * 0.8, z1=zc + half * 0.8)
             ph.add("cylinder", (side * 1.2 * r, y + 0.8 * r, 0), (0.75 * r, 0.16 * r, 0), CORTICAL * 0.75,
                    angle=side * 0.2, z0=zc - half * 0.5, z1=zc + half * 0.5)
-        ph.add("cylinder", (0, y + 1.95 * r, 0), (0.2 * r, 0.6 * r, 0), CORTICAL * 0.8, z0=zc - half * 0.7, z1=zc + half * 0.7)
+        ph.add("cylinder", (0, y + 1.95 * r, 0), (0.2 * r, 0.6 * r, 0), CORTICAL * 0.8,
+               z0=zc - half * 0.7, z1=zc + half * 0.7)
     ph.add("cylinder", (0, y + 1.35 * r, 0), (0.42 * r, 0.38 * r, 0), CSF + 20)  # canal with cord
 
 
@@ -288,10 +290,11 @@ def _abdomen(rng: np.random.Generator) -> Phantom:
                     texture=("organ", 5.0))
     ph.add("ellipsoid", (45 * s, -40 * s, 30), (42 * s, 30 * s, 45), 25.0, texture=("organ", 5.0))  # stomach
     ph.add("ellipsoid", (40 * s, -58 * s, 38), (22 * s, 10 * s, 20), AIR)  # gas in the stomach fundus
-    ph.add("ellipsoid", (12 * s, 8 * s, -20), (48 * s, 13 * s, 22), 45.0, angle=-0.15, texture=("organ", 5.0))  # pancreas
+    ph.add("ellipsoid", (12 * s, 8 * s, -20), (48 * s, 13 * s, 22), 45.0, angle=-0.15,
+           texture=("organ", 5.0))  # pancreas
     for side in (-1, 1):
-        k = ph.add("ellipsoid", (side * 62 * s, 42 * s, -30 + _jit(rng, 8)), (27 * s, 34 * s, 55), KIDNEY + _jit(rng, 4),
-                   angle=side * 0.45, texture=("organ", 4.0))
+        k = ph.add("ellipsoid", (side * 62 * s, 42 * s, -30 + _jit(rng, 8)), (27 * s, 34 * s, 55),
+                   KIDNEY + _jit(rng, 4), angle=side * 0.45, texture=("organ", 4.0))
         ph.add("ellipsoid", (k.centre[0] - side * 10, k.centre[1] - 5, k.centre[2]), (9, 12, 25), FAT + 20)  # sinus fat
     ph.add("cylinder", (18, 34 * s, 0), (11, 11, 0), BLOOD + _jit(rng, 4))  # aorta
     ph.add("cylinder", (-22, 28 * s, 0), (13, 10, 0), BLOOD + _jit(rng, 4))  # inferior vena cava
@@ -376,7 +379,8 @@ def _head(rng: np.random.Generator) -> Phantom:
                    texture=("fine", 4.0))
     wm = []
     for side in (-1, 1):  # white matter of each hemisphere
-        wm.append(ph.add("ellipsoid", (side * 0.42 * brain.radii[0], 4, 5), (0.42 * brain.radii[0], 0.72 * brain.radii[1], 70),
+        radii = (0.42 * brain.radii[0], 0.72 * brain.radii[1], 70)
+        wm.append(ph.add("ellipsoid", (side * 0.42 * brain.radii[0], 4, 5), radii,
                WHITE + _jit(rng, 2), texture=("organ", 3.0)))
     ph.add("box", (0, 0, 0), (1.0, b - bone - 4, 0), 55.0)  # falx cerebri
     for side in (-1, 1):  # lateral ventricles

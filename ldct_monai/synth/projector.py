@@ -162,7 +162,8 @@ def clear_cache() -> None:
 
 
 def _view_angles(n_views: int, v0: int, chunk: int, device: str) -> torch.Tensor:
-    return (torch.arange(v0, min(v0 + chunk, n_views), device=device, dtype=torch.float64) * (math.pi / n_views)).float()
+    views = torch.arange(v0, min(v0 + chunk, n_views), device=device, dtype=torch.float64)
+    return (views * (math.pi / n_views)).float()
 
 
 def _norm_coords(n: int, device: str) -> torch.Tensor:
