@@ -107,11 +107,21 @@ def test_summary_matches_files_and_realistic_ranges(tree):
         assert 20 * math.log10(4095 / rmse) == pytest.approx(noise[bp]["psnr_db"], abs=0.3)
         assert 20 < noise[bp]["psnr_db"] < 56  # Mayo pairs: ~23 dB (chest) .. 48 dB (3 mm abdomen)
         assert noise[bp]["ld_std_hu"] > noise[bp]["fd_std_hu"] > 3
-    # calibration: abdomen 25 % 1 mm smooth ~65 HU inserted noise; chest 10 % far noisier; head quieter
-    assert 40 < noise["L"]["diff_std_hu"] < 95
+    # chest 10 % far noisier than abdomen 25 %; the head quieter (the 64 px soft-tissue mask keeps only
+    # the noisy body centre, hence the wide range here; the calibration test below uses 128 px)
+    assert 40 < noise["L"]["diff_std_hu"] < 140
     assert noise["C"]["diff_std_hu"] > 1.5 * noise["L"]["diff_std_hu"]
     assert noise["N"]["diff_std_hu"] < noise["L"]["diff_std_hu"]
     assert noise["C"]["psnr_db"] < noise["L"]["psnr_db"]
+
+
+def test_abdomen_calibration_matches_mayo(tmp_path):
+    """Mayo/TCIA: std(LD - FD) in soft tissue ~65 HU for abdomen, 25 %, 1 mm, smooth kernel."""
+    cfg = SynthConfig(patients=2, slices=2, size=128, seed=0, body_parts=("L",))
+    noise = synth_tree(tmp_path / "t", cfg, progress=False)["noise"]["L"]
+    assert 50 < noise["diff_std_hu"] < 85
+    assert noise["ld_std_hu"] / noise["fd_std_hu"] == pytest.approx(2.0, rel=0.25)  # ~1/sqrt(0.25)
+    assert 35 < noise["psnr_db"] < 45
 
 
 def _water_scan(fraction, kernel="smooth", thickness=1.0, electronic=0.0, n=96, seed=0):

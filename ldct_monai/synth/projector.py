@@ -64,18 +64,20 @@ class ParallelGeometry:
         return (c[None, :] ** 2 + c[:, None] ** 2) <= 1.0
 
 
-def forward_project(mu: torch.Tensor, geom: ParallelGeometry, view_chunk: int = 32) -> torch.Tensor:
+def forward_project(mu: torch.Tensor, geom: ParallelGeometry, view_chunk: int | None = None) -> torch.Tensor:
     """Line integrals of an attenuation map (ray-driven, bilinear, one sample per pixel along each ray).
 
     Args:
         mu: (slices, n, n) linear attenuation in 1/mm; zero outside the inscribed circle is assumed.
         geom: scan geometry.
-        view_chunk: views interpolated per pass (memory: slices x chunk x n^2 floats).
+        view_chunk: views interpolated per pass (memory: slices x chunk x n^2 floats); default
+            :func:`default_view_chunk`.
 
     Returns:
         (slices, n_views, n) dimensionless line integrals.
     """
     n = geom.n
+    view_chunk = view_chunk or default_view_chunk(n)
     out = torch.empty(mu.shape[0], geom.n_views, n, device=mu.device, dtype=torch.float32)
     img = mu[None].float()  # (1, slices, n, n)
     for v0 in range(0, geom.n_views, view_chunk):
@@ -84,6 +86,11 @@ def forward_project(mu: torch.Tensor, geom: ParallelGeometry, view_chunk: int = 
         samples = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         out[:, v0 : v0 + views] = samples.reshape(mu.shape[0], views, n, n).sum(dim=2)
     return out * geom.spacing
+
+
+def default_view_chunk(n: int) -> int:
+    """Views per interpolation pass: 32 up to 256 pixels, fewer above (memory ~ chunk x n^2 x slices)."""
+    return 32 if n <= 256 else max(4, int(32 * (256 / n) ** 2))
 
 
 def ramp_filter(n_det: int, spacing: float, kernel: str = "smooth", device: torch.device | str = "cpu") -> torch.Tensor:
@@ -112,7 +119,9 @@ def ramp_filter(n_det: int, spacing: float, kernel: str = "smooth", device: torc
     return (ramp * window).to(device=device, dtype=torch.float32)
 
 
-def fbp(sino: torch.Tensor, geom: ParallelGeometry, kernel: str = "smooth", view_chunk: int = 32) -> torch.Tensor:
+def fbp(
+    sino: torch.Tensor, geom: ParallelGeometry, kernel: str = "smooth", view_chunk: int | None = None
+) -> torch.Tensor:
     """Filtered back projection of parallel-beam projections.
 
     Args:
@@ -124,6 +133,7 @@ def fbp(sino: torch.Tensor, geom: ParallelGeometry, kernel: str = "smooth", view
         (slices, n, n) attenuation in 1/mm; zero outside the scan field of view.
     """
     n, device = geom.n, sino.device
+    view_chunk = view_chunk or default_view_chunk(n)
     filt = ramp_filter(n, geom.spacing, kernel, device)
     n_pad = 2 * (filt.numel() - 1)
     q = torch.fft.irfft(torch.fft.rfft(sino.float(), n=n_pad, dim=-1) * filt, n=n_pad, dim=-1)[..., :n]
