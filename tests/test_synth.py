@@ -263,6 +263,9 @@ def test_cli_exit_codes(tmp_path, real_ct):
         assert not (tmp_path / "bad").exists()
     res = runner.invoke(app, ["synth", str(tmp_path / "x"), "--from-series", str(tmp_path / "missing")])
     assert res.exit_code == 1 and "missing" in res.output
+    # never write over (or around) the source series, even with --overwrite
+    res = runner.invoke(app, ["synth", str(real_ct.parent), "--from-series", str(real_ct), "--overwrite"])
+    assert res.exit_code == 1 and "source series" in res.output and len(list(real_ct.glob("*.dcm"))) == 3
     res = runner.invoke(app, ["synth", str(tmp_path / "x"), "--from-series", str(real_ct), "--body-part", "Q"])
     assert res.exit_code == 1 and "body part" in res.output
     assert not list(tmp_path.glob(".x*"))  # no temporary folder left behind

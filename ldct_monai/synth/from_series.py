@@ -46,7 +46,8 @@ def read_ct_series(series_dir: Path) -> list:
 
     series_dir = Path(series_dir)
     if not series_dir.is_dir():
-        raise InputError(f"{series_dir}: expected a folder holding one DICOM CT series, found no such folder.")
+        found = "a file" if series_dir.exists() else "no such folder"
+        raise InputError(f"{series_dir}: expected a folder holding one DICOM CT series, found {found}.")
     slices, skipped = [], []
     for path in sorted(p for p in series_dir.iterdir() if p.is_file()):
         try:
@@ -62,7 +63,10 @@ def read_ct_series(series_dir: Path) -> list:
         log.warning("%s: skipped %d file(s) that are not single-frame CT images: %s", series_dir, len(skipped),
                     ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     if not slices:
-        raise InputError(f"{series_dir}: expected single-frame CT Image Storage files, found none.")
+        raise InputError(
+            f"{series_dir}: expected single-frame CT Image Storage files directly in this folder "
+            "(subfolders are not searched), found none."
+        )
     problems = []
     uids = sorted({str(ds.SeriesInstanceUID) for ds in slices})
     if len(uids) > 1:
@@ -140,9 +144,10 @@ def simulate_low_dose_series(
         raise InputError(f"kernel must be one of {sorted(KERNELS)}, found {kernel!r}.")
     if dose_fraction is not None and not 0 < dose_fraction <= 1:
         raise InputError(f"dose fraction must be in (0, 1], found {dose_fraction}.")
+    src, dst = Path(series_dir).resolve(), Path(out_dir).resolve()
+    if dst == src or dst in src.parents or src in dst.parents:
+        raise InputError(f"{out_dir}: the output folder must not be, contain or lie inside the source series folder.")
     slices = read_ct_series(series_dir)
-    if Path(out_dir).resolve() == Path(series_dir).resolve():
-        raise InputError(f"{out_dir}: the output folder must differ from the source series folder.")
     bp = _body_part(slices[0], body_part, series_dir)
     protocol = PROTOCOLS[bp]
     fraction = float(dose_fraction) if dose_fraction is not None else protocol.dose_fraction
