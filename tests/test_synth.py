@@ -256,8 +256,12 @@ def test_cli_exit_codes(tmp_path, real_ct):
     assert len(list(out.rglob("*.dcm"))) == 4
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "not empty" in res.output and "Traceback" not in res.output
-    assert runner.invoke(app, [*args, "--overwrite", "--seed", "2"]).exit_code == 0
-    for bad in (["--kernel", "fuzzy"], ["--size", "8"], ["--dose-fraction", "1.5"], ["--body-parts", "X"]):
+    assert runner.invoke(app, [*args, "--overwrite", "--dose-fraction", "C=0.3,L=0.5"]).exit_code == 0
+    ld = pydicom.dcmread(next(out.glob("L001/*/*Low*/1-001.dcm")))
+    assert "0.5 dose fraction" in ld.DerivationDescription
+    bad_args = (["--kernel", "fuzzy"], ["--size", "8"], ["--dose-fraction", "1.5"], ["--dose-fraction", "L=half"],
+                ["--dose-fraction", "X=0.2"], ["--body-parts", "X"])
+    for bad in bad_args:
         res = runner.invoke(app, ["synth", str(tmp_path / "bad"), *bad, "-q"])
         assert res.exit_code == 1 and "Traceback" not in res.output, (bad, res.output)
         assert not (tmp_path / "bad").exists()

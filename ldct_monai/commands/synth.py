@@ -21,8 +21,11 @@ def synth(
     kernel: str = typer.Option(
         "smooth", "--kernel", help="Reconstruction kernel: smooth (B30f-like) or sharp (D45f-like)."
     ),
-    dose_fraction: float | None = typer.Option(
-        None, "--dose-fraction", help="Low-dose fraction for every body part (default: 0.25; chest 0.10)."
+    dose_fraction: str | None = typer.Option(
+        None,
+        "--dose-fraction",
+        help="Low-dose fraction: one value for every body part, or per part as C=0.05,L=0.2 "
+        "(default: 0.25; chest 0.10).",
     ),
     no_ld_share: float = typer.Option(
         0.0, "--no-ld-share", help="Share of patients without a low-dose series (TCIA GE exams: ~0.5)."
@@ -49,9 +52,12 @@ def synth(
     from ldct_monai.progress import console
     from ldct_monai.synth import SynthConfig, simulate_low_dose_series, synth_tree
 
+    fraction, per_part = _parse_fractions(dose_fraction)
     if from_series is not None:
+        if per_part:
+            raise InputError("--dose-fraction with --from-series takes one value, not per-body-part values.")
         summary = simulate_low_dose_series(
-            from_series, out_dir, dose_fraction=dose_fraction, body_part=body_part, kernel=kernel, seed=seed,
+            from_series, out_dir, dose_fraction=fraction, body_part=body_part, kernel=kernel, seed=seed,
             n_views=views, overwrite=overwrite, progress=not quiet,
         )
         console.print(
@@ -66,7 +72,7 @@ def synth(
         raise InputError(f"--body-parts must be letters among C, L, N, found {body_parts!r}.")
     config = SynthConfig(
         patients=patients, slices=slices, size=size, seed=seed, slice_thickness=slice_thickness, kernel=kernel,
-        dose_fraction=dose_fraction, no_ld_share=no_ld_share, body_parts=parts, n_views=views,
+        dose_fraction=fraction, dose_fractions=per_part, no_ld_share=no_ld_share, body_parts=parts, n_views=views,
     )
     summary = synth_tree(out_dir, config, progress=not quiet, overwrite=overwrite)
     table = Table(title=f"{summary['files']} files, {summary['series']} series in {summary['out_dir']} "
@@ -80,3 +86,19 @@ def synth(
     console.print(table)
     if summary["no_low_dose"]:
         console.print(f"Without a low-dose series: {', '.join(summary['no_low_dose'])}", highlight=False)
+
+
+def _parse_fractions(text: str | None) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    """``"0.2"`` -> (0.2, ()); ``"C=0.05,L=0.2"`` -> (None, (("C", 0.05), ("L", 0.2)))."""
+    if text is None:
+        return None, ()
+    try:
+        if "=" not in text:
+            return float(text), ()
+        pairs = []
+        for item in text.split(","):
+            key, value = item.split("=")
+            pairs.append((key.strip().upper(), float(value)))
+        return None, tuple(pairs)
+    except ValueError as err:
+        raise InputError(f"--dose-fraction expects a number or C=0.05,L=0.2 style pairs, found {text!r}.") from err

@@ -43,6 +43,7 @@ class SynthConfig:
         slice_thickness: SliceThickness = spacing between slice centres, mm (Mayo: 1 or 3).
         kernel: reconstruction kernel, ``smooth`` (B30f-like) or ``sharp`` (D45f-like).
         dose_fraction: low-dose fraction for every body part; None = Mayo defaults (C 0.10, L/N 0.25).
+        dose_fractions: per-body-part overrides, e.g. ``(("C", 0.05),)``; win over ``dose_fraction``.
         no_ld_share: share of patients per body part written without a low-dose series (the GE exams
             of TCIA have none), rounded to whole patients.
         body_parts: which of C, L, N to write.
@@ -57,6 +58,7 @@ class SynthConfig:
     slice_thickness: float = 1.0  # mm; the Mayo data have 1 mm and 3 mm reconstructions
     kernel: str = "smooth"  # the Mayo "B30" (smooth) reconstructions are what most LDCT papers use
     dose_fraction: float | None = None  # None: 0.25, chest 0.10, as in the Mayo data
+    dose_fractions: tuple[tuple[str, float], ...] = ()  # per body part, over dose_fraction
     no_ld_share: float = 0.0  # TCIA: about half the exams (GE) have no low-dose series
     body_parts: tuple[str, ...] = ("C", "L", "N")
     n_views: int | None = None
@@ -79,6 +81,9 @@ class SynthConfig:
             problems.append(f"kernel must be one of {sorted(KERNELS)}, found {self.kernel!r}")
         if self.dose_fraction is not None and not 0 < self.dose_fraction <= 1:
             problems.append(f"dose fraction must be in (0, 1], found {self.dose_fraction}")
+        for bp, frac in self.dose_fractions:
+            if bp not in {p.value for p in BodyPart} or not 0 < frac <= 1:
+                problems.append(f"dose fraction override must be C, L or N with a value in (0, 1], found {bp}={frac}")
         if not 0 <= self.no_ld_share <= 1:
             problems.append(f"share without low dose must be in [0, 1], found {self.no_ld_share}")
         bad = [b for b in self.body_parts if b not in {p.value for p in BodyPart}]
@@ -95,6 +100,9 @@ class SynthConfig:
         """Low-dose fraction used for ``body_part``."""
         from ldct_monai.synth.noise import PROTOCOLS
 
+        overrides = dict(self.dose_fractions)
+        if body_part.value in overrides:
+            return float(overrides[body_part.value])
         return float(self.dose_fraction) if self.dose_fraction is not None else PROTOCOLS[body_part].dose_fraction
 
 
