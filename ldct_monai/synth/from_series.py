@@ -206,6 +206,9 @@ def simulate_low_dose_series(
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
             values = np.rint((np.maximum(ld, floor_hu) - intercept) / slope)
             values = np.clip(values, lo, hi)
+            pad_value = getattr(ds, "PixelPaddingValue", None)
+            if pad_value is not None:  # a real pixel must not turn into padding
+                values = np.where(values == int(pad_value), int(pad_value) + (1 if int(pad_value) < hi else -1), values)
             values = np.where(pm, s, values).astype(np.int16 if signed else np.uint16)
             sop_uid = make_uid(seed, str(ds.SOPInstanceUID), "low-dose", fraction, kernel)
             new.SOPInstanceUID = sop_uid
