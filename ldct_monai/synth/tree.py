@@ -1,0 +1,336 @@
+"""Write a synthetic TCIA "LDCT-and-Projection-data" style tree of full-dose / low-dose CT series.
+
+Layout (one study per patient, one folder per series, one single-frame CT file per slice)::
+
+    OUT_DIR/L001/03-14-2019-NA-NA-40187/1.000000-Full Dose Images-62044/1-001.dcm
+    OUT_DIR/L001/03-14-2019-NA-NA-40187/1.000000-Low Dose Images-17305/1-001.dcm
+
+Everything (pixels, UIDs, dates, folder numbers) follows from the seed: the same configuration writes
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldct_monai.config import BODY_PART_EXAMINED, BodyPart
+from ldct_monai.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FULL_DOSE_DESCRIPTION = "Full Dose Images"  # SeriesDescription of the full-dose series (as in TCIA)
+LOW_DOSE_DESCRIPTION = "Low Dose Images"  # SeriesDescription of the low-dose series
+STUDY_DESCRIPTION = {BodyPart.CHEST: "CT CHEST", BodyPart.ABDOMEN: "CT ABDOMEN", BodyPart.HEAD: "CT HEAD"}
+Z_OFFSET = {BodyPart.CHEST: -180.0, BodyPart.ABDOMEN: -420.0, BodyPart.HEAD: 60.0}  # table z of anatomy centre, mm
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Configuration of ``ldct-monai synth`` (one field per CLI option).
+
+    Attributes:
+        patients: patients per body part (C001..., L001..., N001...).
+        slices: slices per series.
+        size: rows = columns of every image, pixels (field of view / size = pixel spacing).
+        seed: everything random follows from it.
+        slice_thickness: SliceThickness = spacing between slice centres, mm (Mayo: 1 or 3).
+        kernel: reconstruction kernel, ``smooth`` (B30f-like) or ``sharp`` (D45f-like).
+        dose_fraction: low-dose fraction for every body part; None = Mayo defaults (C 0.10, L/N 0.25).
+        dose_fractions: per-body-part overrides, e.g. ``(("C", 0.05),)``; win over ``dose_fraction``.
+        no_ld_share: share of patients per body part written without a low-dose series (the GE exams
+            of TCIA have none), rounded to whole patients.
+        body_parts: which of C, L, N to write.
+        n_views: projections over 180 degrees; None = ``size`` (enough for noise realism, fast).
+        chunk: slices simulated together (memory vs speed).
+    """
+
+    patients: int = 1  # one patient per body part: the smallest tree with all three body parts
+    slices: int = 8  # enough for 3-D continuity checks, small enough to be quick
+    size: int = 128  # fast on a CPU; 512 is the clinical matrix
+    seed: int = 0
+    slice_thickness: float = 1.0  # mm; the Mayo data have 1 mm and 3 mm reconstructions
+    kernel: str = "smooth"  # the Mayo "B30" (smooth) reconstructions are what most LDCT papers use
+    dose_fraction: float | None = None  # None: 0.25, chest 0.10, as in the Mayo data
+    dose_fractions: tuple[tuple[str, float], ...] = ()  # per body part, over dose_fraction
+    no_ld_share: float = 0.0  # TCIA: about half the exams (GE) have no low-dose series
+    body_parts: tuple[str, ...] = ("C", "L", "N")
+    n_views: int | None = None
+    chunk: int = 16  # slices per simulation pass: ~16 x size^2 x views floats in flight
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` listing every out-of-range field."""
+        from ldct_monai.synth.projector import KERNELS
+
+        problems = []
+        if self.patients < 1:
+            problems.append(f"patients must be >= 1, found {self.patients}")
+        if self.slices < 1:
+            problems.append(f"slices must be >= 1, found {self.slices}")
+        if not 16 <= self.size <= 1024:
+            problems.append(f"size must be in [16, 1024] pixels, found {self.size}")
+        if not 0.1 <= self.slice_thickness <= 10:
+            problems.append(f"slice thickness must be in [0.1, 10] mm, found {self.slice_thickness}")
+        if self.kernel not in KERNELS:
+            problems.append(f"kernel must be one of {sorted(KERNELS)}, found {self.kernel!r}")
+        if self.dose_fraction is not None and not 0 < self.dose_fraction <= 1:
+            problems.append(f"dose fraction must be in (0, 1], found {self.dose_fraction}")
+        for bp, frac in self.dose_fractions:
+            if bp not in {p.value for p in BodyPart} or not 0 < frac <= 1:
+                problems.append(f"dose fraction override must be C, L or N with a value in (0, 1], found {bp}={frac}")
+        if not 0 <= self.no_ld_share <= 1:
+            problems.append(f"share without low dose must be in [0, 1], found {self.no_ld_share}")
+        bad = [b for b in self.body_parts if b not in {p.value for p in BodyPart}]
+        if bad or not self.body_parts:
+            problems.append(f"body parts must be among C, L, N, found {list(self.body_parts)}")
+        if self.n_views is not None and self.n_views < 16:
+            problems.append(f"views must be >= 16, found {self.n_views}")
+        if self.chunk < 1:
+            problems.append(f"chunk must be >= 1, found {self.chunk}")
+        if problems:
+            raise InputError("Invalid synth configuration: " + "; ".join(problems) + ".")
+
+    def fraction_for(self, body_part: BodyPart) -> float:
+        """Low-dose fraction used for ``body_part``."""
+        from ldct_monai.synth.noise import PROTOCOLS
+
+        overrides = dict(self.dose_fractions)
+        if body_part.value in overrides:
+            return float(overrides[body_part.value])
+        return float(self.dose_fraction) if self.dose_fraction is not None else PROTOCOLS[body_part].dose_fraction
+
+
+def synth_tree(out_dir: Path, config: SynthConfig, progress: bool = True, overwrite: bool = False) -> dict:
+    """Simulate and write the whole tree atomically (a temporary sibling renamed at the end).
+
+    Args:
+        out_dir: tree root; must not exist or be empty unless ``overwrite``.
+        config: what to simulate.
+        progress: show a rich progress bar (slices simulated and written).
+        overwrite: replace an existing non-empty ``out_dir``.
+
+    Returns:
+        Summary: ``out_dir``, ``files``, ``series``, ``patients`` (ids per body part), ``no_low_dose``
+        (ids), ``seconds``, ``config``, and ``noise`` per body part: ``fd_std_hu`` (full-dose noise),
+        ``ld_std_hu`` (low-dose noise), ``diff_std_hu`` (std of LD - FD) in soft tissue (noise-free
+        phantom 0..100 HU, eroded 3 pixels), ``psnr_db`` (LD vs FD on [-1024, 3071] HU, whole image).
+
+    Raises:
+        InputError: invalid configuration or unwritable output.
+        OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+    """
+    import torch
+
+    from ldct_monai.io_utils import atomic_output_dir
+    from ldct_monai.progress import make_progress
+    from ldct_monai.synth.projector import clear_cache
+
+    config.validate()
+    t0 = time.perf_counter()
+    plan = _plan(config)
+    total = sum(len(p["doses"]) * config.slices for p in plan)
+    stats: dict[str, dict[str, list[float]]] = {}
+    files = 0
+    with atomic_output_dir(Path(out_dir), overwrite) as tmp, make_progress(disable=not progress) as bar:
+        task = bar.add_task("synth", total=total, unit="slices", info="")
+        try:
+            with torch.inference_mode():
+                for patient in plan:
+                    bar.update(task, info=patient["id"])
+                    for written, patient_stats in _write_patient(tmp, patient, config):
+                        files += written
+                        bar.advance(task, written)
+                        for key, values in patient_stats.items():
+                            stats.setdefault(patient["body_part"].value, {}).setdefault(key, []).extend(values)
+        finally:
+            clear_cache()
+    summary = {
+        "out_dir": str(Path(out_dir)),
+        "files": files,
+        "series": sum(len(p["doses"]) for p in plan),
+        "patients": {bp: [p["id"] for p in plan if p["body_part"].value == bp] for bp in config.body_parts},
+        "no_low_dose": [p["id"] for p in plan if len(p["doses"]) == 1],
+        "seconds": round(time.perf_counter() - t0, 2),
+        "config": asdict(config),
+        "noise": {bp: _summarise(v) for bp, v in stats.items()},
+    }
+    return summary
+
+
+def _summarise(values: dict[str, list[float]]) -> dict[str, float]:
+    out = {}
+    for key in ("fd_var", "ld_var", "diff_var"):
+        if values.get(key):
+            out[key.replace("_var", "_std_hu")] = round(math.sqrt(float(np.mean(values[key]))), 2)
+    if values.get("mse"):
+        out["psnr_db"] = round(20 * math.log10(4095.0 / math.sqrt(float(np.mean(values["mse"])))), 2)
+    return out
+
+
+def _plan(config: SynthConfig) -> list[dict]:
+    """Per patient: id, body part, random generator seeds, dates, folder numbers, which doses."""
+    plan = []
+    for bi, bp_code in enumerate(config.body_parts):
+        bp = BodyPart(bp_code)
+        rng = np.random.default_rng([config.seed, bi, 7919])
+        n_without = int(round(config.no_ld_share * config.patients))
+        without = set(rng.permutation(config.patients)[:n_without].tolist())
+        for i in range(config.patients):
+            prng = np.random.default_rng([config.seed, ord(bp_code), i])
+            date = _dt.date(2016, 1, 1) + _dt.timedelta(days=int(prng.integers(0, 6 * 365)))
+            plan.append(
+                {
+                    "id": f"{bp_code}{i + 1:03d}",
+                    "body_part": bp,
+                    "seed": [config.seed, ord(bp_code), i],
+                    "date": date,
+                    "study_folder": f"{date:%m-%d-%Y}-NA-NA-{int(prng.integers(10000, 100000)):05d}",
+                    "series_numbers": [int(prng.integers(10000, 100000)) for _ in range(2)],
+                    "sex": "F" if prng.random() < 0.5 else "M",
+                    "age": f"{int(prng.integers(35, 85)):03d}Y",
+                    "doses": ("full",) if i in without else ("full", "low"),
+                }
+            )
+    return plan
+
+
+def _write_patient(root: Path, patient: dict, config: SynthConfig):
+    """Simulate one patient chunk by chunk; yield (files written, noise statistics) per chunk."""
+    import torch
+    import torch.nn.functional as F
+
+    from ldct_monai.dicom.create import SeriesInfo, make_ct_slice, make_uid
+    from ldct_monai.synth.noise import PROTOCOLS
+    from ldct_monai.synth.phantom import make_phantom
+    from ldct_monai.synth.projector import KERNEL_DICOM_NAME
+    from ldct_monai.synth.simulate import scan
+
+    bp: BodyPart = patient["body_part"]
+    pid = patient["id"]
+    seed = patient["seed"]
+    rng = np.random.default_rng(seed)
+    t = config.slice_thickness
+    extent = config.slices * t
+    phantom = make_phantom(bp, rng, extent)
+    gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    protocol = PROTOCOLS[bp]
+    fraction = config.fraction_for(bp)
+    low = "low" in patient["doses"]
+    spacing = phantom.fov / config.size
+    # slice centres from head to feet (InstanceNumber 1 is the most cranial, as a scanner writes them)
+    z_local = (config.slices - 1) / 2 * t - np.arange(config.slices) * t
+    z_table = Z_OFFSET[bp] + float(rng.uniform(-40, 40))
+    sub = max(1, min(6, int(round(t))))  # sub-slices averaged per slice: one per mm of thickness
+
+    study_uid = make_uid(*seed, "study")
+    for_uid = make_uid(*seed, "frame-of-reference")
+    common = dict(
+        patient_id=pid,
+        study_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        series_number=1,
+        patient_name=pid,
+        patient_sex=patient["sex"],
+        patient_age=patient["age"],
+        study_date=patient["date"],
+        study_id="1",
+        accession_number=f"{pid}{patient['date']:%y%m%d}",
+        study_description=STUDY_DESCRIPTION[bp],
+        body_part=BODY_PART_EXAMINED[bp],
+        manufacturer="ldct-monai",
+        model_name="synthetic parallel-beam",
+        kvp=120.0,
+        kernel=KERNEL_DICOM_NAME[config.kernel],
+        slice_thickness=t,
+        pixel_spacing=(spacing, spacing),
+        rescale_intercept=-1024.0,
+        rescale_slope=1.0,
+    )
+    infos = {
+        "full": SeriesInfo(
+            series_uid=make_uid(*seed, "series", "full"),
+            series_description=FULL_DOSE_DESCRIPTION,
+            tube_current_ma=protocol.tube_current_ma,
+            exposure_mas=protocol.exposure_mas,
+            exposure_time_ms=500.0,
+            ctdi_vol=protocol.ctdi_vol,
+            **common,
+        ),
+        "low": SeriesInfo(
+            series_uid=make_uid(*seed, "series", "low"),
+            series_description=LOW_DOSE_DESCRIPTION,
+            tube_current_ma=protocol.tube_current_ma * fraction,
+            exposure_mas=protocol.exposure_mas * fraction,
+            exposure_time_ms=500.0,
+            ctdi_vol=protocol.ctdi_vol * fraction,
+            image_type=("DERIVED", "SECONDARY", "AXIAL"),
+            extra={
+                "DerivationDescription": (
+                    f"Simulated {fraction:g} dose fraction: projection-domain Poisson + electronic noise "
+                    "insertion (Yu et al. 2012) on the full-dose projections"
+                )
+            },
+            **common,
+        ),
+    }
+    series_dirs = {}
+    for dose, number in zip(("full", "low"), patient["series_numbers"]):
+        if dose in patient["doses"]:
+            desc = infos[dose].series_description
+            series_dirs[dose] = root / pid / patient["study_folder"] / f"1.000000-{desc}-{number:05d}"
+            series_dirs[dose].mkdir(parents=True)
+    origin = -(config.size - 1) / 2 * spacing
+    first_chunk = True
+    for c0 in range(0, config.slices, config.chunk):
+        zs = z_local[c0 : c0 + config.chunk]
+        hu = phantom.sample(config.size, zs, sub=sub, thickness=t)
+        res = scan(hu, spacing, t, protocol, fraction=fraction if low else None, kernel=config.kernel,
+                   generator=gen, n_views=config.n_views, noise_slices=4 if first_chunk else 0)
+        outside = ~res.fov_mask
+        volumes = {"full": res.fd.masked_fill(outside, -1024.0)}
+        if low:
+            volumes["low"] = res.ld.masked_fill(outside, -1024.0)
+        written = 0
+        for dose, vol in volumes.items():
+            arr = vol.numpy()
+            for j, z in enumerate(zs):
+                k = c0 + j
+                ds = make_ct_slice(
+                    arr[j],
+                    infos[dose],
+                    instance_number=k + 1,
+                    position=(origin, origin, round(z_table + float(z), 4)),
+                    sop_uid=make_uid(*seed, dose, k),
+                )
+                # automatic exposure control: this slice's tube current, exposure and CTDIvol
+                f = float(res.exposure_factor[j])
+                info = infos[dose]
+                ds.XRayTubeCurrent = int(round(info.tube_current_ma * f))
+                ds.Exposure = int(round(info.exposure_mas * f))
+                ds.CTDIvol = round(info.ctdi_vol * f, 4)
+                ds.save_as(series_dirs[dose] / f"1-{k + 1:03d}.dcm", enforce_file_format=True)
+                written += 1
+        # noise figures in soft tissue of the noise-free phantom, eroded so edges do not count
+        soft = ((hu > 0) & (hu < 100)).float()[:, None]
+        mask = (-F.max_pool2d(-soft, 7, 1, 3))[:, 0] > 0.5
+        st: dict[str, list[float]] = {}
+        if res.fd_noise is not None:
+            m = mask[: res.fd_noise.shape[0]]
+            if m.any():
+                st["fd_var"] = [float(res.fd_noise[m].var())]
+                if low:
+                    ld_noise = res.fd_noise + (res.ld - res.fd)[: res.fd_noise.shape[0]]
+                    st["ld_var"] = [float(ld_noise[m].var())]
+        if low:
+            if mask.any():
+                st["diff_var"] = [float((res.ld - res.fd)[mask].var())]
+            win = lambda x: x.clamp(-1024.0, 3071.0)  # noqa: E731
+            st["mse"] = ((win(volumes["low"]) - win(volumes["full"])) ** 2).mean(dim=(1, 2)).tolist()
+        first_chunk = False
+        yield written, st
