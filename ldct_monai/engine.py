@@ -399,6 +399,9 @@ def train(config: TrainConfig) -> Path:
 
     if not config.manifest or not config.out:
         raise InputError("training needs a manifest folder (--manifest) and a run folder (--out).")
+    # Check the manifest before anything is created on disk.
+    ld_records = split_records(Path(config.manifest), "train_ld", "ld", "low")
+    fd_records = split_records(Path(config.manifest), "train_fd", "fd", "full")
     rank, world, device = _dist_setup(config)
     try:
         run_dir = Path(config.out)
@@ -410,8 +413,8 @@ def train(config: TrainConfig) -> Path:
         mhash = manifest_hash(Path(config.manifest))
         batches = UnpairedBatches(
             config,
-            split_records(Path(config.manifest), "train_ld", "ld", "low"),
-            split_records(Path(config.manifest), "train_fd", "fd", "full"),
+            ld_records,
+            fd_records,
             rank=rank, world_size=world,
             cache_dir=(Path(config.cache_dir) if config.cache_dir else run_dir / "cache") if config.cache == "disk" else None,
             pin_memory=device.type == "cuda",

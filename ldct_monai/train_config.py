@@ -16,9 +16,9 @@ from typing import Any
 
 from ldct_monai.config import HUWindow
 from ldct_monai.errors import InputError
-from ldct_monai.runtime import PRECISIONS
 
 CACHE_MODES = ("none", "memory", "disk")
+PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
 DEVICES_HINT = "auto, cpu, cuda or cuda:N"
 
 
