@@ -403,6 +403,9 @@ def train(config: TrainConfig) -> Path:
     ld_records = split_records(Path(config.manifest), "train_ld", "ld", "low")
     fd_records = split_records(Path(config.manifest), "train_fd", "fd", "full")
     rank, world, device = _dist_setup(config)
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     try:
         run_dir = Path(config.out)
         if rank == 0:
@@ -527,6 +530,7 @@ def train(config: TrainConfig) -> Path:
         _barrier(world)
         return run_dir
     finally:
+        torch.set_num_threads(threads_before)
         if world > 1:
             import torch.distributed as dist
 

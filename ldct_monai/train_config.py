@@ -41,6 +41,7 @@ class TrainConfig:
     # --- device and speed ---
     device: str = "auto"  # cuda if present, else cpu
     precision: str = "fp32"  # bf16 autocast is ~2x faster on AVX-512-bf16 CPUs and GPUs; fp32 is the safe default
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core). 1 is far faster on a busy machine
     compile: bool = False  # torch.compile: helps on GPUs, costs minutes of compile time on a small CPU
     channels_last: bool = False  # NHWC memory format: faster convolutions on GPUs with tensor cores
 
@@ -84,9 +85,8 @@ class TrainConfig:
 
     # --- monitoring and checkpoints ---
     log_every: int = 10  # steps between metrics.csv rows / TensorBoard scalars
-    val_every: int = 200  # steps between validation passes (losses + noise estimate)
+    val_every: int = 200  # steps between validation passes (losses, noise estimate, preview PNG, TB images)
     val_slices: int = 4  # val slices per dose used for validation (full slices, fixed set)
-    preview_every: int = 200  # steps between preview PNGs
     checkpoint_every: int = 500  # steps between checkpoints (plus one at each epoch end and at the end)
     keep_checkpoints: int = 3  # keep the last K checkpoints
     tensorboard: bool = True  # write TensorBoard event files in RUN_DIR/tb
@@ -108,12 +108,15 @@ class TrainConfig:
         if self.patch_size < 16 or self.patch_size % 4:
             p.append(f"patch_size must be a multiple of 4 and >= 16, found {self.patch_size}")
         for name in ("patches_per_slice", "batch_size", "ngf", "ndf", "d_layers", "patch_tries", "epochs",
-                     "log_every", "val_every", "preview_every", "checkpoint_every", "keep_checkpoints"):
+                     "log_every", "val_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be >= 1, found {getattr(self, name)}")
-        for name in ("n_blocks", "num_workers", "total_steps", "max_steps", "pool_size", "val_slices", "decay_epochs"):
+        for name in ("threads", "n_blocks", "num_workers", "total_steps", "max_steps", "pool_size", "val_slices", "decay_epochs"):
             if getattr(self, name) < 0:
                 p.append(f"{name} must be >= 0, found {getattr(self, name)}")
+        if self.d_layers >= 1 and self.patch_size < 3 * 2**self.d_layers:
+            p.append(f"patch_size must be >= {3 * 2**self.d_layers} for a {self.d_layers}-layer PatchGAN "
+                     f"(its deepest features need > 1 pixel for instance norm), found {self.patch_size}")
         if self.batch_size % self.patches_per_slice:
             p.append(f"batch_size ({self.batch_size}) must be a multiple of patches_per_slice ({self.patches_per_slice})")
         if self.decay_epochs > self.epochs:
@@ -191,8 +194,8 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed: they do not change what the next step computes.
 RESUMABLE_CHANGES = frozenset({
-    "max_steps", "device", "num_workers", "log_every", "val_every", "val_slices", "preview_every",
-    "checkpoint_every", "keep_checkpoints", "tensorboard", "cache", "cache_dir", "manifest", "out", "compile",
+    "max_steps", "device", "num_workers", "log_every", "val_every", "val_slices",
+    "checkpoint_every", "keep_checkpoints", "tensorboard", "cache", "cache_dir", "manifest", "out", "compile", "threads",
     "resume", "overwrite",
 })
 
@@ -206,7 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # residual generator that starts as the identity, 64 px patches, 4 patches from each of 2 slices.
     "cpu-small": {
         "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ngf": 16, "n_blocks": 3, "ndf": 16,
-        "num_workers": 0, "total_steps": 600, "log_every": 10, "val_every": 100, "preview_every": 100,
+        "num_workers": 0, "total_steps": 600, "log_every": 10, "val_every": 100,
         "checkpoint_every": 200, "val_slices": 2,
     },
 }
