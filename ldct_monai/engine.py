@@ -72,8 +72,20 @@ class DiscriminatorPair(nn.Module):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
-        self.d_ld = make_discriminator(1, config.ndf, config.d_layers)
-        self.d_fd = make_discriminator(1, config.ndf, config.d_layers)
+        norm = {"instance": "INSTANCE", "batch": "BATCH", "none": None}[config.d_norm]
+        self.d_ld = make_discriminator(1, config.ndf, config.d_layers, norm)
+        self.d_fd = make_discriminator(1, config.ndf, config.d_layers, norm)
+        # Batch norm normalises by the statistics of the whole batch: a batch of fakes alone would be judged
+        # against itself. So with batch norm, fakes are always judged in a batch mixed with real images.
+        self.mixed_batches = config.d_norm == "batch"
+
+    def judge_fakes(self, real_ld: torch.Tensor, fake_ld: torch.Tensor, real_fd: torch.Tensor, fake_fd: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch logits of D_ld(fake_ld) and D_fd(fake_fd) for the generator loss (reals only as batch context)."""
+        if not self.mixed_batches:
+            return self.d_ld(fake_ld)[-1], self.d_fd(fake_fd)[-1]
+        _, f_ld, _, f_fd = self.forward(real_ld, fake_ld, real_fd, fake_fd)
+        return f_ld, f_fd
 
     def forward(self, real_ld: torch.Tensor, fake_ld: torch.Tensor, real_fd: torch.Tensor, fake_fd: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,9 +227,9 @@ class CycleGAN:
         use_identity = cfg.lambda_identity > 0 or cfg.lambda_identity_l1 > 0
         with autocast(self.device, cfg.precision):
             out = self.gens_run(ld, fd, identity=use_identity)
-            d = _unwrap(self.discs)
-            adv_g = (self.adv(d.d_fd(out["fake_fd"])[-1].float(), target_is_real=True, for_discriminator=False)
-                     + self.adv(d.d_ld(out["fake_ld"])[-1].float(), target_is_real=True, for_discriminator=False))
+            j_ld, j_fd = _unwrap(self.discs).judge_fakes(ld, out["fake_ld"], fd, out["fake_fd"])
+            adv_g = (self.adv(j_fd.float(), target_is_real=True, for_discriminator=False)
+                     + self.adv(j_ld.float(), target_is_real=True, for_discriminator=False))
         # Image losses in fp32: SSIM of low-contrast CT patches is not safe in bf16.
         o = {k: v.float() for k, v in out.items()}
         cycle = self.l1(o["rec_ld"], ld) + self.l1(o["rec_fd"], fd)
@@ -257,10 +269,17 @@ class CycleGAN:
         Unpaired val has no ground truth: ``noise_g_ld`` (noise of G(LD)) is compared with ``noise_ld``
         (its input) and ``noise_fd`` (real full-dose images of other patients).
         """
-        from ldct_monai.monitor import flat_noise_std
-
         g, f = self.gens.ld2fd, self.gens.fd2ld
         dd = self.discs
+        dd.eval()  # batch-norm discriminators: judge with running statistics and leave them untouched
+        try:
+            return self._validate(val, window, g, f, dd)
+        finally:
+            dd.train()
+
+    def _validate(self, val, window, g, f, dd) -> tuple[dict[str, float], list]:
+        from ldct_monai.monitor import flat_noise_std
+
         sums: dict[str, list[float]] = {k: [] for k in ("cycle", "identity", "adv_g", "noise_ld", "noise_g_ld", "noise_fd")}
         panels: list = []
         for i, ld in enumerate(val.get("ld", [])):

@@ -18,6 +18,7 @@ from ldct_monai.config import HUWindow
 from ldct_monai.errors import InputError
 
 CACHE_MODES = ("none", "memory", "disk")
+D_NORMS = ("instance", "batch", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
 DEVICES_HINT = "auto, cpu, cuda or cuda:N"
 
@@ -66,6 +67,7 @@ class TrainConfig:
     init_identity: bool = True  # zero the generators' last conv: a residual generator starts as the identity
     ndf: int = 64  # discriminator filters (70x70 PatchGAN, Zhu et al.)
     d_layers: int = 3  # PatchGAN layers; 3 gives the 70x70 receptive field
+    d_norm: str = "instance"  # discriminator norm (Zhu et al.); "batch" sees noise level far sooner (docs/training.md)
 
     # --- losses ---
     lambda_cycle: float = 10.0  # cycle L1 weight (Zhu et al., MathWorks)
@@ -103,6 +105,8 @@ class TrainConfig:
             p.append(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
         if self.cache not in CACHE_MODES:
             p.append(f"cache must be one of {', '.join(CACHE_MODES)}, found {self.cache!r}")
+        if self.d_norm not in D_NORMS:
+            p.append(f"d_norm must be one of {', '.join(D_NORMS)}, found {self.d_norm!r}")
         if self.upsample not in ("resize", "transpose"):
             p.append(f"upsample must be resize or transpose, found {self.upsample!r}")
         if self.patch_size < 16 or self.patch_size % 4:

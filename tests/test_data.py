@@ -5,11 +5,18 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from train_fixtures import make_manifest
 
-from ldct_monai.data import PatchStream, ResumableSampler, UnpairedBatches, slice_dataset, split_records, val_slices
+from ldct_monai.data import (
+    PatchStream,
+    ResumableSampler,
+    UnpairedBatches,
+    slice_dataset,
+    split_records,
+    val_slices,
+)
 from ldct_monai.errors import InputError
 from ldct_monai.train_config import TrainConfig
-from train_fixtures import make_manifest
 
 
 @pytest.fixture(scope="module")

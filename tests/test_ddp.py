@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
+from train_fixtures import make_manifest
 
 from ldct_monai.checkpoint import list_checkpoints, load_checkpoint
 from ldct_monai.modelio import load_model
-from train_fixtures import make_manifest
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with the gloo backend is not available")

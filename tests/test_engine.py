@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import make_manifest
 from typer.testing import CliRunner
 
-from ldct_monai.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
+from ldct_monai.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
 from ldct_monai.cli import app
 from ldct_monai.data import UnpairedBatches, split_records
 from ldct_monai.engine import CycleGAN, train
 from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
 from ldct_monai.modelio import load_model
 from ldct_monai.train_config import PRESETS, TrainConfig
-from train_fixtures import make_manifest
 
 TINY = dict(patch_size=24, patches_per_slice=2, batch_size=4, ngf=4, n_blocks=1, ndf=4, num_workers=0,
             tensorboard=False, val_every=1000, val_slices=1, log_every=1, checkpoint_every=3, total_steps=20)

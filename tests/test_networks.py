@@ -82,3 +82,19 @@ def test_image_pool_fills_then_mixes_and_resumes_exactly():
 def test_lr_constant_then_linear_to_zero():
     assert [lr_factor(s, total=10, decay=4) for s in (0, 5, 6, 7, 8, 9, 10)] == [1, 1, 1, 0.75, 0.5, 0.25, 0.0]
     assert lr_factor(99, total=10, decay=0) == 1.0
+
+
+@pytest.mark.parametrize("d_norm", ["instance", "batch", "none"])
+def test_discriminator_norms_and_fakes_judged_in_mixed_batches(d_norm):
+    cfg = TrainConfig.from_preset("cpu-small", manifest="m", out="o", ndf=4, d_norm=d_norm, patch_size=32)
+    torch.manual_seed(0)
+    discs = DiscriminatorPair(cfg)
+    norms = {type(m).__name__ for m in discs.modules() if "Norm" in type(m).__name__}
+    assert norms == {"instance": {"InstanceNorm2d"}, "batch": {"BatchNorm2d"}, "none": set()}[d_norm]
+    real, fake = torch.rand(2, 1, 32, 32) - 0.5, torch.rand(2, 1, 32, 32) - 0.5
+    j_ld, _ = discs.judge_fakes(real, fake, real, fake)
+    _, f_ld, _, _ = discs(real, fake, real, fake)
+    alone = discs.d_ld(fake)[-1]
+    assert torch.allclose(j_ld, f_ld, atol=1e-6)  # always the fake half of the real+fake batch ...
+    # ... which for per-image norms is the same as judging the fakes alone; for batch norm it is not
+    assert torch.allclose(j_ld, alone, atol=1e-5) == (d_norm != "batch")

@@ -6,8 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-
 from conftest import REAL_CT, write_series
+
 from ldct_monai.config import HUWindow
 from ldct_monai.errors import InputError
 from ldct_monai.transforms import (

@@ -56,7 +56,6 @@ def conv_peak(device, precision: str, repeats: int = 5) -> float:
 
 def step_flops(config, device) -> float:
     """FLOPs of one full CycleGAN training step (forward + backward of all four networks), counted once."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from ldct_monai.engine import CycleGAN
