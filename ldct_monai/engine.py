@@ -334,10 +334,14 @@ class CycleGAN:
         self.pool_fd.load_state_dict(state["pool_fd"], self.device)
 
     def param_checksum(self) -> str:
-        """SHA-256 (16 hex digits) over every parameter of all four networks: equal on in-sync DDP replicas."""
+        """SHA-256 (16 hex digits) over every parameter of all four networks: equal on in-sync DDP replicas.
+
+        Buffers are left out: batch-norm running statistics never enter a training step (train mode uses
+        batch statistics); they serve rank-0 validation only, and DDP re-broadcasts rank 0's each step.
+        """
         h = hashlib.sha256()
         for module in (self.gens, self.discs):
-            for name, p in module.state_dict().items():
+            for name, p in module.named_parameters():
                 h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 

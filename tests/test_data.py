@@ -25,7 +25,7 @@ def manifest(tmp_path_factory):
 
 
 def _cfg(manifest, **kw):
-    base = dict(manifest=str(manifest), out="unused", patch_size=16, patches_per_slice=2, batch_size=4, ngf=4,
+    base = dict(manifest=str(manifest), out="unused", patch_size=24, patches_per_slice=2, batch_size=4, ngf=4,
                 n_blocks=1, ndf=4, num_workers=0, seed=3)
     return TrainConfig.from_preset("cpu-small", **{**base, **kw})
 
@@ -87,7 +87,7 @@ def test_unpaired_batches_shapes_epochs_and_exact_resume(manifest):
     e1 = list(batches.epoch(1))
     assert len(e1) == 3
     for ld, fd in e1:
-        assert ld.shape == fd.shape == (4, 1, 16, 16) and ld.dtype == torch.float32
+        assert ld.shape == fd.shape == (4, 1, 24, 24) and ld.dtype == torch.float32
         assert -1 <= float(ld.min()) and float(fd.max()) <= 1
     resumed = list(batches.epoch(1, start_step=1))
     assert len(resumed) == 2
