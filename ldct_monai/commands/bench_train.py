@@ -79,26 +79,31 @@ def _batch(config, device):
     return ld, fd
 
 
-def time_steps(config, device, steps: int = 5, warmup: int = 2) -> float:
-    """Median seconds of one training step of ``config`` on a fixed synthetic batch (after warm-up)."""
+def time_steps(configs: list, device, steps: int = 5, warmup: int = 2) -> list[float]:
+    """Median seconds per training step of each config on a fixed synthetic batch, steps interleaved.
+
+    The configs take turns step by step (A, B, A, B, ...), so a burst of load from other processes on a
+    shared machine hits every path alike instead of spoiling one of them.
+    """
     from ldct_monai.engine import CycleGAN
 
-    model = CycleGAN(config, device, 10_000, 5_000)
-    ld, fd = _batch(config, device)
-    times = []
+    models = [CycleGAN(cfg, device, 10_000, 5_000) for cfg in configs]
+    batches = [_batch(cfg, device) for cfg in configs]
+    times: list[list[float]] = [[] for _ in configs]
     for i in range(warmup + steps):
-        _sync(device)
-        t = time.perf_counter()
-        model.train_step(ld, fd).tolist()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for j, (model, (ld, fd)) in enumerate(zip(models, batches, strict=True)):
+            _sync(device)
+            t = time.perf_counter()
+            model.train_step(ld, fd).tolist()
+            _sync(device)
+            if i >= warmup:
+                times[j].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def run_bench(preset: str = "cpu-small", batch_size: int | None = None, steps: int = 5, warmup: int = 2,
               device: str = "auto", fast_precision: str = "bf16", fast_channels_last: bool | None = None,
-              fast_compile: bool | None = None) -> dict[str, Any]:
+              fast_compile: bool | None = None, threads: int = 0) -> dict[str, Any]:
     """Measure the reference and the fast path; return the table as a dict (see module docstring)."""
     import torch
 
@@ -106,6 +111,8 @@ def run_bench(preset: str = "cpu-small", batch_size: int | None = None, steps: i
     from ldct_monai.train_config import TrainConfig
 
     dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
     over: dict[str, Any] = {"manifest": "-", "out": "-", "device": str(dev)}
     if batch_size:
         over["batch_size"] = batch_size
@@ -118,9 +125,9 @@ def run_bench(preset: str = "cpu-small", batch_size: int | None = None, steps: i
                         compile=on_gpu if fast_compile is None else fast_compile)
     flops = step_flops(base, dev)
     rows = []
-    for name, cfg in (("reference fp32 eager", ref), (f"fast {fast.precision}"
-                      + (" +channels_last" if fast.channels_last else "") + (" +compile" if fast.compile else ""), fast)):
-        t = time_steps(cfg, dev, steps, warmup)
+    names = ["reference fp32 eager", f"fast {fast.precision}" + (" +channels_last" if fast.channels_last else "")
+             + (" +compile" if fast.compile else "")]
+    for name, cfg, t in zip(names, (ref, fast), time_steps([ref, fast], dev, steps, warmup), strict=True):
         rows.append({"path": name, "precision": cfg.precision, "channels_last": cfg.channels_last,
                      "compile": cfg.compile, "step_s": t, "patches_per_s": 2 * cfg.batch_size / t,
                      "gflops": flops / t / 1e9})
@@ -146,6 +153,7 @@ def bench_train(
                                                  help="channels_last in the fast path (default: on GPU only)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                             help="torch.compile in the fast path (default: on GPU only)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default, one per core)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
     """Benchmark train throughput against a reference measured in the same process."""
@@ -157,7 +165,7 @@ def bench_train(
     if steps < 1 or warmup < 0:
         raise InputError(f"--steps must be >= 1 and --warmup >= 0, found {steps} and {warmup}.")
     with console.status(f"benchmarking {preset} ..."):
-        res = run_bench(preset, batch_size, steps, warmup, device, precision, channels_last, compile_)
+        res = run_bench(preset, batch_size, steps, warmup, device, precision, channels_last, compile_, threads)
     table = Table(title=f"bench train: {preset}, batch {res['batch_size']} x {res['patch_size']}px per domain, "
                         f"{res['device']}, {res['threads']} threads; {res['step_gflop']:.1f} GFLOP/step")
     for col in ("path", "step s", "patches/s", "GFLOP/s", "conv peak GFLOP/s", "% of peak"):
