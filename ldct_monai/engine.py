@@ -431,11 +431,23 @@ def train(config: TrainConfig) -> Path:
         torch.set_num_threads(config.threads)
     try:
         run_dir = Path(config.out)
+        problem: BaseException | None = None
         if rank == 0:
-            config = _prepare_run_dir(config)
-            if not config.resume:
-                _save_config(config)
-        _barrier(world)
+            try:
+                config = _prepare_run_dir(config)
+                if not config.resume:
+                    _save_config(config)
+            except BaseException as err:  # re-raised below, after telling the other ranks (no hang at a barrier)
+                problem = err
+        if world > 1:
+            import torch.distributed as dist
+
+            shared = [str(problem) if problem is not None else None]
+            dist.broadcast_object_list(shared, src=0)
+            if shared[0] is not None and problem is None:
+                raise InputError(f"rank 0 could not prepare {run_dir}: {shared[0]}")
+        if problem is not None:
+            raise problem
         mhash = manifest_hash(Path(config.manifest))
         batches = UnpairedBatches(
             config,

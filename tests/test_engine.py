@@ -196,6 +196,9 @@ def test_cli_train_config_file_and_errors(manifest, tmp_path):
     res = runner.invoke(app, ["train", "--manifest", str(manifest), "--out", str(out), "--resume", "--max-steps", "3"])
     assert res.exit_code == 0, res.output
     assert load_model(out).card["step"] == 3
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume"])  # no --max-steps: to the schedule's end
+    assert res.exit_code == 0, res.output
+    assert load_model(out).card["step"] == TINY["total_steps"]
     res = runner.invoke(app, ["train", "--manifest", str(manifest), "--out", str(out), "--config", str(cfg_file)])
     assert res.exit_code == 1 and "exists and is not empty" in res.output
     bad = tmp_path / "bad.json"

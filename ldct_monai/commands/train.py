@@ -48,6 +48,7 @@ def _run(config_file: Path | None, **values: Any) -> None:
         if not out or not saved.is_file():
             raise tc.InputError(f"--resume needs --out RUN_DIR of an earlier run (no {saved}).")
         base = json.loads(saved.read_text())
+        base["max_steps"] = 0  # --resume runs to the end of the schedule unless --max-steps is given again
         cfg = tc.TrainConfig.from_dict({**base, **given}, source=str(saved))
     elif config_file is not None:
         cfg = tc.TrainConfig.from_file(config_file, **given)
