@@ -37,7 +37,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest checkpoint in RUN_DIR (exactly: same next batch, same lr)
     overwrite: bool = False  # delete an existing non-empty RUN_DIR and start over
     preset: str = "matlab"  # name of the preset the run started from (recorded, not used after)
-    seed: int = 0  # seeds weights, sampling and augmentation: two runs with one seed are identical on CPU
+    seed: int = 0  # seeds weights, sampling and augmentation: same seed + same thread count = same run on CPU
 
     # --- device and speed ---
     device: str = "auto"  # cuda if present, else cpu
