@@ -214,7 +214,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # batch-norm discriminators (with instance norm they could not tell LD from FD noise within 150 steps).
     "cpu-small": {
         "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ngf": 16, "n_blocks": 3, "ndf": 16,
-        "d_norm": "batch", "num_workers": 0, "total_steps": 300, "log_every": 10, "val_every": 50,
+        "d_norm": "batch", "num_workers": 0, "total_steps": 400, "log_every": 10, "val_every": 50,
         "checkpoint_every": 100, "val_slices": 2,
     },
 }
