@@ -113,7 +113,7 @@ class ResNetGenerator(nn.Module):
         return self
 
 
-def make_discriminator(in_channels: int = 1, ndf: int = 64, n_layers: int = 3) -> nn.Module:
+def make_discriminator(in_channels: int = 1, ndf: int = 64, n_layers: int = 3, norm: str | None = "INSTANCE") -> nn.Module:
     """70x70 PatchGAN discriminator (for n_layers=3): MONAI ``PatchDiscriminator`` with instance norm.
 
     Its forward returns a list of intermediate features; the last item is the patch logits map.
@@ -127,7 +127,7 @@ def make_discriminator(in_channels: int = 1, ndf: int = 64, n_layers: int = 3) -
         in_channels=in_channels,
         out_channels=1,
         kernel_size=4,
-        norm="INSTANCE",
+        norm=norm,
         bias=True,
         padding=1,
     )

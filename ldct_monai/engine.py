@@ -1,0 +1,573 @@
+"""The CycleGAN training engine: one loop for CPU, one GPU, or many (DDP via ``torchrun``).
+
+:func:`train` takes a :class:`~ldct_monai.train_config.TrainConfig` and returns the run folder::
+
+    RUN_DIR/config.json          the config (asdict), the source of truth for --resume
+    RUN_DIR/checkpoints/         step_XXXXXXXX.pt, atomic, last K kept (ldct_monai.checkpoint)
+    RUN_DIR/metrics.csv          train losses, lr, patches/s every log_every steps
+    RUN_DIR/val_metrics.csv      val losses and flat-region noise of LD, G(LD), real FD (HU)
+    RUN_DIR/previews/            PNG grids: LD, G(LD), F(G(LD)), FD, G(FD), G(F(FD))
+    RUN_DIR/tb/                  TensorBoard scalars and images
+    RUN_DIR/loss_curves.png      the curves of metrics.csv / val_metrics.csv
+    RUN_DIR/run.json             what ran where: steps, world size, device, precision, replica check
+    RUN_DIR/model/               the exported LD->FD generator + model card (ldct_monai.modelio)
+
+The step follows Zhu et al.: generators first (LSGAN + cycle L1 x lambda + identity), discriminators
+second on generated images drawn from a 50-image pool. Under DDP each pair of networks is one DDP
+module called once per step, and ranks see disjoint shards of both streams; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldct_monai.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
+from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
+from ldct_monai.io_utils import atomic_write_text, check_output_dir
+from ldct_monai.networks import ResNetGenerator, make_discriminator
+from ldct_monai.runtime import autocast, package_versions, resolve_device
+from ldct_monai.train_config import RESUMABLE_CHANGES, TrainConfig, config_diff
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("loss_g", "adv_g", "cycle", "identity", "identity_l1", "loss_d", "d_ld", "d_fd")
+
+
+# --------------------------------------------------------------------------------------------- modules
+class GeneratorPair(nn.Module):
+    """G: LD -> FD and F: FD -> LD; one forward computes every generated image of a step."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        self.ld2fd = ResNetGenerator(**config.generator_kwargs)
+        self.fd2ld = ResNetGenerator(**config.generator_kwargs)
+        if config.init_identity:
+            self.ld2fd.zero_head_()
+            self.fd2ld.zero_head_()
+
+    def forward(self, ld: torch.Tensor, fd: torch.Tensor, identity: bool = True) -> dict[str, torch.Tensor]:
+        fake_fd = self.ld2fd(ld)
+        fake_ld = self.fd2ld(fd)
+        out = {"fake_fd": fake_fd, "fake_ld": fake_ld, "rec_ld": self.fd2ld(fake_fd), "rec_fd": self.ld2fd(fake_ld)}
+        if identity:
+            out["idt_fd"] = self.ld2fd(fd)  # G(FD) should stay FD
+            out["idt_ld"] = self.fd2ld(ld)  # F(LD) should stay LD
+        return out
+
+
+class DiscriminatorPair(nn.Module):
+    """D_ld and D_fd (70x70 PatchGANs, MONAI ``PatchDiscriminator``); forward returns patch logits."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        norm = {"instance": "INSTANCE", "batch": "BATCH", "none": None}[config.d_norm]
+        self.d_ld = make_discriminator(1, config.ndf, config.d_layers, norm)
+        self.d_fd = make_discriminator(1, config.ndf, config.d_layers, norm)
+        # Batch norm normalises by the statistics of the whole batch: a batch of fakes alone would be judged
+        # against itself. So with batch norm, fakes are always judged in a batch mixed with real images.
+        self.mixed_batches = config.d_norm == "batch"
+
+    def judge_fakes(self, real_ld: torch.Tensor, fake_ld: torch.Tensor, real_fd: torch.Tensor, fake_fd: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch logits of D_ld(fake_ld) and D_fd(fake_fd) for the generator loss (reals only as batch context)."""
+        if not self.mixed_batches:
+            return self.d_ld(fake_ld)[-1], self.d_fd(fake_fd)[-1]
+        _, f_ld, _, f_fd = self.forward(real_ld, fake_ld, real_fd, fake_fd)
+        return f_ld, f_fd
+
+    def forward(self, real_ld: torch.Tensor, fake_ld: torch.Tensor, real_fd: torch.Tensor, fake_fd: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Real and fake go through each discriminator as one batch: one forward, same instance-norm stats per image.
+        n_ld, n_fd = real_ld.shape[0], real_fd.shape[0]
+        out_ld = self.d_ld(torch.cat([real_ld, fake_ld]))[-1]
+        out_fd = self.d_fd(torch.cat([real_fd, fake_fd]))[-1]
+        return out_ld[:n_ld], out_ld[n_ld:], out_fd[:n_fd], out_fd[n_fd:]
+
+
+class ImagePool:
+    """Buffer of previously generated images (Zhu et al.): the discriminator sees a history, not just the latest.
+
+    ``query`` returns, per image, either the new image or (p = 0.5, once the pool is full) a stored one,
+    which is replaced by the new image. Draws use the pool's own generator, saved with its state.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = int(size)
+        self.images: list[torch.Tensor] = []
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return images
+        out = []
+        for img in images.detach():
+            img = img[None]
+            if len(self.images) < self.size:
+                self.images.append(img.clone())
+                out.append(img)
+            elif torch.rand((), generator=self.gen).item() < 0.5:
+                i = int(torch.randint(self.size, (), generator=self.gen).item())
+                out.append(self.images[i].clone())
+                self.images[i] = img.clone()
+            else:
+                out.append(img)
+        return torch.cat(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        imgs = torch.cat(self.images).cpu() if self.images else torch.empty(0)
+        return {"images": imgs, "rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        imgs = state["images"]
+        self.images = [imgs[i : i + 1].to(device) for i in range(imgs.shape[0])] if imgs.numel() else []
+        self.gen.set_state(state["rng"])
+
+
+def lr_factor(step: int, total: int, decay: int) -> float:
+    """Constant learning rate, then linear decay to 0 over the last ``decay`` of ``total`` steps (Zhu et al.)."""
+    start = total - decay
+    if decay <= 0 or step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / decay)
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    module = getattr(module, "_orig_mod", module)  # torch.compile
+    return getattr(module, "module", module)  # DDP
+
+
+# --------------------------------------------------------------------------------------------- the model
+class CycleGAN:
+    """Networks, optimizers, schedulers, scaler and pools of one rank, and its training step.
+
+    Args:
+        config: the training config.
+        device: where to train.
+        total_steps: schedule length in optimizer steps (lr decays to 0 there).
+        decay_steps: steps of linear lr decay at the end of the schedule.
+        rank / world_size: DDP coordinates; with ``world_size > 1`` the networks are DDP-wrapped
+            (the process group must be initialised).
+    """
+
+    def __init__(self, config: TrainConfig, device: torch.device, total_steps: int, decay_steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        from monai.losses import PatchAdversarialLoss, SSIMLoss
+
+        self.config = config
+        self.device = device
+        self.rank, self.world_size = rank, world_size
+        torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+        self.gens = GeneratorPair(config).to(device)
+        self.discs = DiscriminatorPair(config).to(device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.gens.to(memory_format=torch.channels_last)
+            self.discs.to(memory_format=torch.channels_last)
+        self.gens_run: nn.Module = self.gens
+        self.discs_run: nn.Module = self.discs
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.gens_run = DDP(self.gens, device_ids=ids)
+            self.discs_run = DDP(self.discs, device_ids=ids)
+        if config.compile:
+            self.gens_run = torch.compile(self.gens_run)
+            self.discs_run = torch.compile(self.discs_run)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.gens.parameters(), lr=config.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discs.parameters(), lr=config.lr, betas=betas)
+        sched = lambda s: lr_factor(s, total_steps, decay_steps)  # noqa: E731 (a function: not pickled into checkpoints)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.pool_ld = ImagePool(config.pool_size, config.seed * 1000 + 2 * rank)
+        self.pool_fd = ImagePool(config.pool_size, config.seed * 1000 + 2 * rank + 1)
+        self.adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)  # plain LSGAN (Mao et al.)
+        self.ssim = SSIMLoss(spatial_dims=2, data_range=2.0)  # 1 - SSIM on [-1, 1] images
+        self.l1 = nn.L1Loss()
+
+    @property
+    def generator(self) -> ResNetGenerator:
+        """The LD -> FD generator (unwrapped), the one that gets exported."""
+        return self.gens.ld2fd
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def train_step(self, ld: torch.Tensor, fd: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of both generators and both discriminators.
+
+        Returns:
+            The step's losses as one detached float32 tensor in the order of :data:`LOSS_NAMES`
+            (no host sync here; the caller decides when to read it).
+        """
+        cfg = self.config
+        ld, fd = self._prep(ld), self._prep(fd)
+        # --- generators: fool both discriminators, cycle back, keep images of their own target domain ---
+        _set_requires_grad(self.discs, False)
+        self.opt_g.zero_grad(set_to_none=True)
+        use_identity = cfg.lambda_identity > 0 or cfg.lambda_identity_l1 > 0
+        with autocast(self.device, cfg.precision):
+            out = self.gens_run(ld, fd, identity=use_identity)
+            j_ld, j_fd = _unwrap(self.discs).judge_fakes(ld, out["fake_ld"], fd, out["fake_fd"])
+            adv_g = (self.adv(j_fd.float(), target_is_real=True, for_discriminator=False)
+                     + self.adv(j_ld.float(), target_is_real=True, for_discriminator=False))
+        # Image losses in fp32: SSIM of low-contrast CT patches is not safe in bf16.
+        o = {k: v.float() for k, v in out.items()}
+        cycle = self.l1(o["rec_ld"], ld) + self.l1(o["rec_fd"], fd)
+        zero = cycle.new_zeros(())
+        identity = (self.ssim(o["idt_fd"], fd) + self.ssim(o["idt_ld"], ld)) if cfg.lambda_identity > 0 else zero
+        identity_l1 = (self.l1(o["idt_fd"], fd) + self.l1(o["idt_ld"], ld)) if cfg.lambda_identity_l1 > 0 else zero
+        loss_g = adv_g + cfg.lambda_cycle * cycle + cfg.lambda_identity * identity + cfg.lambda_identity_l1 * identity_l1
+        self.scaler.scale(loss_g).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt_g)
+            nn.utils.clip_grad_norm_(self.gens.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt_g)
+        # --- discriminators: real vs pooled fakes, halved as in Zhu et al. ---
+        _set_requires_grad(self.discs, True)
+        self.opt_d.zero_grad(set_to_none=True)
+        fake_ld = self.pool_ld.query(out["fake_ld"].detach())
+        fake_fd = self.pool_fd.query(out["fake_fd"].detach())
+        with autocast(self.device, cfg.precision):
+            r_ld, f_ld, r_fd, f_fd = self.discs_run(ld, fake_ld, fd, fake_fd)
+        d_ld = 0.5 * (self.adv(r_ld.float(), True, True) + self.adv(f_ld.float(), False, True))
+        d_fd = 0.5 * (self.adv(r_fd.float(), True, True) + self.adv(f_fd.float(), False, True))
+        loss_d = d_ld + d_fd
+        self.scaler.scale(loss_d).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt_d)
+            nn.utils.clip_grad_norm_(self.discs.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt_d)
+        self.scaler.update()
+        self.sched_g.step()
+        self.sched_d.step()
+        return torch.stack([loss_g, adv_g, cycle, identity, identity_l1, loss_d, d_ld, d_fd]).detach().float()
+
+    @torch.no_grad()
+    def validate(self, val: dict[str, list[torch.Tensor]], window) -> tuple[dict[str, float], list]:
+        """Losses and flat-region noise (HU) on fixed full val slices; also the panels of the first pair.
+
+        Unpaired val has no ground truth: ``noise_g_ld`` (noise of G(LD)) is compared with ``noise_ld``
+        (its input) and ``noise_fd`` (real full-dose images of other patients).
+        """
+        g, f = self.gens.ld2fd, self.gens.fd2ld
+        dd = self.discs
+        dd.eval()  # batch-norm discriminators: judge with running statistics and leave them untouched
+        try:
+            return self._validate(val, window, g, f, dd)
+        finally:
+            dd.train()
+
+    def _validate(self, val, window, g, f, dd) -> tuple[dict[str, float], list]:
+        from ldct_monai.monitor import flat_noise_std
+
+        sums: dict[str, list[float]] = {k: [] for k in ("cycle", "identity", "adv_g", "noise_ld", "noise_g_ld", "noise_fd")}
+        panels: list = []
+        for i, ld in enumerate(val.get("ld", [])):
+            ld = self._prep(ld)
+            with autocast(self.device, self.config.precision):
+                fake_fd = g(ld)
+                rec_ld = f(fake_fd)
+                adv = dd.d_fd(fake_fd)[-1]
+            fake_fd, rec_ld = fake_fd.float(), rec_ld.float()
+            sums["cycle"].append(self.l1(rec_ld, ld).item())
+            sums["adv_g"].append(self.adv(adv.float(), True, False).item())
+            sums["noise_ld"].append(flat_noise_std(window.to_hu(ld.cpu().numpy()[0, 0])))
+            sums["noise_g_ld"].append(flat_noise_std(window.to_hu(fake_fd.cpu().numpy()[0, 0])))
+            if i == 0:
+                panels += [("LD", ld), ("G(LD)", fake_fd), ("F(G(LD))", rec_ld)]
+        for i, fd in enumerate(val.get("fd", [])):
+            fd = self._prep(fd)
+            with autocast(self.device, self.config.precision):
+                idt = g(fd)
+                rec_fd = g(f(fd))
+            idt, rec_fd = idt.float(), rec_fd.float()
+            sums["identity"].append(self.ssim(idt, fd).item())
+            sums["cycle"].append(self.l1(rec_fd, fd).item())
+            sums["noise_fd"].append(flat_noise_std(window.to_hu(fd.cpu().numpy()[0, 0])))
+            if i == 0:
+                panels += [("FD", fd), ("G(FD)", idt), ("G(F(FD))", rec_fd)]
+        out = {}
+        for k, v in sums.items():
+            finite = [x for x in v if math.isfinite(x)]
+            out[k] = sum(finite) / len(finite) if finite else float("nan")
+        return out, panels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "gens": self.gens.state_dict(), "discs": self.discs.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "pool_ld": self.pool_ld.state_dict(), "pool_fd": self.pool_fd.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gens.load_state_dict(state["gens"])
+        self.discs.load_state_dict(state["discs"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.pool_ld.load_state_dict(state["pool_ld"], self.device)
+        self.pool_fd.load_state_dict(state["pool_fd"], self.device)
+
+    def param_checksum(self) -> str:
+        """SHA-256 (16 hex digits) over every parameter of all four networks: equal on in-sync DDP replicas.
+
+        Buffers are left out: batch-norm running statistics never enter a training step (train mode uses
+        batch statistics); they serve rank-0 validation only, and DDP re-broadcasts rank 0's each step.
+        """
+        h = hashlib.sha256()
+        for module in (self.gens, self.discs):
+            for name, p in module.named_parameters():
+                h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- the run
+def _dist_setup(config: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises the process group when launched by torchrun with > 1 process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(config.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _prepare_run_dir(config: TrainConfig) -> TrainConfig:
+    """Check/create RUN_DIR; on resume, check the config against the saved one. Returns the config to use."""
+    run_dir = Path(config.out)
+    saved_path = run_dir / "config.json"
+    if config.resume:
+        if not saved_path.is_file():
+            raise InputError(f"{run_dir}: nothing to resume (no config.json; start without --resume).")
+        try:
+            saved = TrainConfig.from_dict(json.loads(saved_path.read_text()), source=str(saved_path))
+        except ValueError as err:
+            raise InputError(f"{saved_path}: unreadable ({err}).") from err
+        changed = {k: v for k, v in config_diff(saved, config).items() if k not in RESUMABLE_CHANGES | {"resume", "overwrite"}}
+        if changed:
+            listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+            raise InputError(f"{run_dir}: --resume cannot change fields that alter training ({listing}).")
+        return config
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not config.overwrite:
+            raise OutputExistsError(f"{run_dir}: run folder exists and is not empty (use --resume to continue it or "
+                                    "--overwrite to start over).")
+        shutil.rmtree(run_dir)
+    check_output_dir(run_dir, overwrite=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _save_config(config: TrainConfig) -> None:
+    state = {k: v for k, v in asdict(config).items()}
+    state["resume"], state["overwrite"] = False, False
+    atomic_write_text(Path(config.out) / "config.json", json.dumps(state, indent=2) + "\n")
+
+
+def train(config: TrainConfig) -> Path:
+    """Train the CycleGAN of ``config`` and export the LD->FD generator; return the run folder.
+
+    Works alike on CPU, one GPU, and under ``torchrun`` with several processes (DDP; rank 0 writes).
+    ``config.resume`` continues from the newest loadable checkpoint exactly (same next batch, same lr).
+
+    Raises:
+        InputError: bad manifest, config, or resume request.
+        OutputExistsError: RUN_DIR exists without --resume or --overwrite.
+        TrainingDiverged: a loss became NaN or infinite (the last checkpoint stays usable).
+    """
+    from ldct_monai.data import UnpairedBatches, split_records, val_slices
+    from ldct_monai.manifest import manifest_hash
+    from ldct_monai.modelio import export_model
+    from ldct_monai.monitor import Monitor
+    from ldct_monai.progress import make_progress
+
+    if not config.manifest or not config.out:
+        raise InputError("training needs a manifest folder (--manifest) and a run folder (--out).")
+    # Check the manifest before anything is created on disk.
+    ld_records = split_records(Path(config.manifest), "train_ld", "ld", "low")
+    fd_records = split_records(Path(config.manifest), "train_fd", "fd", "full")
+    rank, world, device = _dist_setup(config)
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        run_dir = Path(config.out)
+        problem: BaseException | None = None
+        if rank == 0:
+            try:
+                config = _prepare_run_dir(config)
+                if not config.resume:
+                    _save_config(config)
+            except BaseException as err:  # re-raised below, after telling the other ranks (no hang at a barrier)
+                problem = err
+        if world > 1:
+            import torch.distributed as dist
+
+            shared = [str(problem) if problem is not None else None]
+            dist.broadcast_object_list(shared, src=0)
+            if shared[0] is not None and problem is None:
+                raise InputError(f"rank 0 could not prepare {run_dir}: {shared[0]}")
+        if problem is not None:
+            raise problem
+        mhash = manifest_hash(Path(config.manifest))
+        batches = UnpairedBatches(
+            config,
+            ld_records,
+            fd_records,
+            rank=rank, world_size=world,
+            cache_dir=(Path(config.cache_dir) if config.cache_dir else run_dir / "cache") if config.cache == "disk" else None,
+            pin_memory=device.type == "cuda",
+        )
+        spe = batches.steps_per_epoch
+        if config.total_steps:
+            total, decay = config.total_steps, config.total_steps // 2
+        else:
+            total, decay = config.epochs * spe, config.decay_epochs * spe
+        stop = min(total, config.max_steps) if config.max_steps else total
+        model = CycleGAN(config, device, total, decay, rank, world)
+        step = 0
+        if config.resume:
+            path, state = load_latest(run_dir, map_location="cpu")
+            if state.get("steps_per_epoch") != spe or state.get("manifest_hash") != mhash:
+                raise InputError(f"{path}: the manifest changed since this checkpoint (steps/epoch "
+                                 f"{state.get('steps_per_epoch')} -> {spe}, hash {state.get('manifest_hash')} -> {mhash}).")
+            model.load_state_dict(state)
+            set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+            step = int(state["step"])
+            if rank == 0:
+                log.info("Resuming %s from %s (step %d of %d).", run_dir, path.name, step, stop)
+
+        def checkpoint() -> None:
+            rngs = [rng_state()]
+            if world > 1:
+                import torch.distributed as dist
+
+                gathered: list = [None] * world
+                dist.all_gather_object(gathered, rngs[0])
+                rngs = gathered
+            if rank == 0:
+                save_checkpoint(run_dir, step, {**model.state_dict(), "rng": rngs, "config": asdict(config),
+                                                "epoch": step // spe, "steps_per_epoch": spe, "manifest_hash": mhash},
+                                keep=config.keep_checkpoints)
+
+        monitor = Monitor(run_dir, config.hu_window, config.tensorboard, resume_step=step if config.resume else None) \
+            if rank == 0 else None
+        val = val_slices(Path(config.manifest), config) if rank == 0 else {}
+        last_val: dict[str, float] = {}
+
+        def validate_and_preview(s: int) -> None:
+            nonlocal last_val
+            if monitor is None or not (val.get("ld") or val.get("fd")):
+                return
+            last_val, panels = model.validate(val, config.hu_window)
+            monitor.scalars(s, last_val, prefix="val")
+            if panels:
+                monitor.images(s, panels)
+
+        if step == 0:
+            validate_and_preview(0)  # the "before" picture: a residual generator starts near the identity
+        patches_per_step = 2 * config.batch_size * world
+        t_log, s_log = time.perf_counter(), step
+        t0 = time.perf_counter()
+        with make_progress(disable=rank != 0) as progress:
+            task = progress.add_task("train", total=stop, completed=step, unit="step", info="")
+            while step < stop:
+                epoch, in_epoch = divmod(step, spe)
+                for ld, fd in batches.epoch(epoch, in_epoch):
+                    losses = model.train_step(ld, fd)
+                    step += 1
+                    values = dict(zip(LOSS_NAMES, losses.tolist(), strict=True))  # one host sync per step
+                    bad = [k for k, v in values.items() if not math.isfinite(v)]
+                    if bad:
+                        raise TrainingDiverged(
+                            f"step {step}: non-finite loss ({', '.join(f'{k}={values[k]}' for k in bad)}); the last "
+                            f"checkpoint in {run_dir / 'checkpoints'} is intact. Try --precision fp32, a lower --lr, "
+                            "or --grad-clip 1.0.")
+                    progress.update(task, advance=1, info=f"G {values['loss_g']:.3f} D {values['loss_d']:.3f} "
+                                                          f"cyc {values['cycle']:.4f} ep {epoch}")
+                    if monitor is not None and (step % config.log_every == 0 or step == stop):
+                        now = time.perf_counter()
+                        rate = (step - s_log) * patches_per_step / max(now - t_log, 1e-9)
+                        t_log, s_log = now, step
+                        monitor.scalars(step, {"epoch": epoch, "lr": model.sched_g.get_last_lr()[0], **values,
+                                               "patches_per_s": rate})
+                    if step % config.val_every == 0 or step == stop:
+                        validate_and_preview(step)
+                    epoch_end = step % spe == 0
+                    if step % config.checkpoint_every == 0 or step == stop or epoch_end:
+                        checkpoint()
+                    if step >= stop:
+                        break
+        elapsed = time.perf_counter() - t0
+        checksums = [model.param_checksum()]
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * world
+            dist.all_gather_object(gathered, checksums[0])
+            checksums = gathered
+        if rank == 0:
+            export_model(run_dir / "model", model.generator, config.generator_kwargs, hu_window=config.hu_window,
+                         config=asdict(config), manifest_hash=mhash, step=step,
+                         extra={"validation": last_val} if last_val else None)
+            curves = monitor.loss_curves() if monitor else None
+            run_info = {
+                "steps": step, "stop": stop, "schedule_steps": total, "steps_per_epoch": spe,
+                "world_size": world, "device": str(device), "precision": config.precision,
+                "seconds_this_session": round(elapsed, 2), "replica_checksums": checksums,
+                "replicas_identical": len(set(checksums)) == 1, "manifest_hash": mhash,
+                "loss_curves": str(curves) if curves else None, "versions": package_versions(),
+            }
+            atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+            if len(set(checksums)) != 1:
+                log.warning("DDP replicas differ at the end of training: %s", checksums)
+            if monitor:
+                monitor.close()
+        _barrier(world)
+        return run_dir
+    finally:
+        torch.set_num_threads(threads_before)
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

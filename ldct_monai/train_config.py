@@ -1,0 +1,281 @@
+"""The training configuration: one frozen dataclass, named presets, and YAML/JSON config files.
+
+Every CLI option of ``ldct-monai train`` maps one-to-one onto a field of :class:`TrainConfig`; a run
+saves ``asdict(config)`` in ``RUN_DIR/config.json``, in every checkpoint and in the model card, so the
+run can be resumed and the model rebuilt from the files alone.
+
+Precedence (lowest to highest): the dataclass defaults < ``--preset`` < ``--config FILE`` < CLI flags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ldct_monai.config import HUWindow
+from ldct_monai.errors import InputError
+
+CACHE_MODES = ("none", "memory", "disk")
+D_NORMS = ("instance", "batch", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
+DEVICES_HINT = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a CycleGAN training run. Defaults follow the MathWorks example / Zhu et al.
+
+    Lengths are in pixels, intensities in HU, learning rates per optimizer step. ``batch_size`` counts
+    *patches per process*: under DDP the global batch is ``batch_size * world_size``.
+    """
+
+    # --- where ---
+    manifest: str = ""  # manifest folder from build-manifest (required)
+    out: str = ""  # RUN_DIR: checkpoints, logs, previews, model/ (required)
+    resume: bool = False  # continue from the newest checkpoint in RUN_DIR (exactly: same next batch, same lr)
+    overwrite: bool = False  # delete an existing non-empty RUN_DIR and start over
+    preset: str = "matlab"  # name of the preset the run started from (recorded, not used after)
+    seed: int = 0  # seeds weights, sampling and augmentation: same seed + same thread count = same run on CPU
+
+    # --- device and speed ---
+    device: str = "auto"  # cuda if present, else cpu
+    precision: str = "fp32"  # bf16 autocast is ~2x faster on AVX-512-bf16 CPUs and GPUs; fp32 is the safe default
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core). 1 is far faster on a busy machine
+    compile: bool = False  # torch.compile: helps on GPUs, costs minutes of compile time on a small CPU
+    channels_last: bool = False  # NHWC memory format: faster convolutions on GPUs with tensor cores
+
+    # --- data ---
+    patch_size: int = 128  # MathWorks example: 128x128 patches
+    patches_per_slice: int = 16  # MathWorks example: 16 patches per image (one decode feeds many patches)
+    batch_size: int = 32  # patches per optimizer step per process; MathWorks minibatch 32
+    min_tissue_fraction: float = 0.5  # a patch is kept when >= this fraction of its pixels is above tissue_hu
+    tissue_hu: float = -500.0  # pixels above this HU count as tissue (air is -1000, lung ~ -800 .. -500)
+    patch_tries: int = 10  # random draws per patch before the draw with the most tissue is taken
+    hu_low: float = -1024.0  # HU mapped to -1 (the full 12-bit CT range, MathWorks normalizeCTImages)
+    hu_high: float = 3071.0  # HU mapped to +1
+    cache: str = "memory"  # decoded slices kept in RAM (none | memory | disk); DICOM decode is the slow part
+    cache_dir: str = ""  # folder for --cache disk; "" means RUN_DIR/cache
+    num_workers: int = 2  # DataLoader worker processes per rank (0 loads in the training process)
+
+    # --- model ---
+    ngf: int = 64  # generator filters (Zhu et al., MathWorks)
+    n_blocks: int = 6  # residual blocks: 6 for 128 px patches, 9 for 256 px (Zhu et al.)
+    upsample: str = "resize"  # nearest x2 + conv: no checkerboard artifacts in flat soft tissue (Odena et al.)
+    residual: bool = True  # output = input + correction: denoising is a small correction of the input
+    init_identity: bool = True  # zero the generators' last conv: a residual generator starts as the identity
+    ndf: int = 64  # discriminator filters (70x70 PatchGAN, Zhu et al.)
+    d_layers: int = 3  # PatchGAN layers; 3 gives the 70x70 receptive field
+    d_norm: str = "instance"  # discriminator norm (Zhu et al.); "batch" sees noise level far sooner (docs/training.md)
+
+    # --- losses ---
+    lambda_cycle: float = 10.0  # cycle L1 weight (Zhu et al., MathWorks)
+    lambda_identity: float = 5.0  # identity 1-SSIM weight: 0.5 x lambda_cycle as Zhu et al.'s identity term
+    lambda_identity_l1: float = 0.0  # optional identity L1 weight (off: SSIM alone, as in the MathWorks example)
+
+    # --- optimisation ---
+    lr: float = 2e-4  # Adam learning rate (Zhu et al., MathWorks)
+    beta1: float = 0.5  # Adam beta1: 0.5 is the GAN standard (Radford et al., Zhu et al.)
+    beta2: float = 0.999  # Adam beta2
+    epochs: int = 10  # schedule length; one TCIA epoch is ~10^6 patches, far more than Zhu's ~1k images
+    decay_epochs: int = 5  # lr constant, then linear decay to 0 over the last decay_epochs (Zhu et al.)
+    total_steps: int = 0  # >0: schedule length in optimizer steps instead of epochs (decay over the last half)
+    max_steps: int = 0  # >0: stop after this many optimizer steps, schedule unchanged (smoke tests, quick looks)
+    pool_size: int = 50  # image pool of generated images shown to the discriminators (Zhu et al.)
+    grad_clip: float = 0.0  # clip gradient norm at this value, or disable if == 0.0
+
+    # --- monitoring and checkpoints ---
+    log_every: int = 10  # steps between metrics.csv rows / TensorBoard scalars
+    val_every: int = 200  # steps between validation passes (losses, noise estimate, preview PNG, TB images)
+    val_slices: int = 4  # val slices per dose used for validation (full slices, fixed set)
+    checkpoint_every: int = 500  # steps between checkpoints (plus one at each epoch end and at the end)
+    keep_checkpoints: int = 3  # keep the last K checkpoints
+    tensorboard: bool = True  # write TensorBoard event files in RUN_DIR/tb
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise InputError("invalid training config: " + "; ".join(problems) + ".")
+
+    def problems(self) -> list[str]:
+        """Every inconsistency in the config (empty when valid)."""
+        p: list[str] = []
+        if self.precision not in PRECISIONS:
+            p.append(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
+        if self.cache not in CACHE_MODES:
+            p.append(f"cache must be one of {', '.join(CACHE_MODES)}, found {self.cache!r}")
+        if self.d_norm not in D_NORMS:
+            p.append(f"d_norm must be one of {', '.join(D_NORMS)}, found {self.d_norm!r}")
+        if self.upsample not in ("resize", "transpose"):
+            p.append(f"upsample must be resize or transpose, found {self.upsample!r}")
+        if self.patch_size < 16 or self.patch_size % 4:
+            p.append(f"patch_size must be a multiple of 4 and >= 16, found {self.patch_size}")
+        for name in ("patches_per_slice", "batch_size", "ngf", "ndf", "d_layers", "patch_tries", "epochs",
+                     "log_every", "val_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                p.append(f"{name} must be >= 1, found {getattr(self, name)}")
+        for name in ("threads", "n_blocks", "num_workers", "total_steps", "max_steps", "pool_size", "val_slices", "decay_epochs"):
+            if getattr(self, name) < 0:
+                p.append(f"{name} must be >= 0, found {getattr(self, name)}")
+        if self.d_layers >= 1 and self.patch_size < 3 * 2**self.d_layers:
+            p.append(f"patch_size must be >= {3 * 2**self.d_layers} for a {self.d_layers}-layer PatchGAN "
+                     f"(its deepest features need > 1 pixel for instance norm), found {self.patch_size}")
+        if self.batch_size % self.patches_per_slice:
+            p.append(f"batch_size ({self.batch_size}) must be a multiple of patches_per_slice ({self.patches_per_slice})")
+        if self.decay_epochs > self.epochs:
+            p.append(f"decay_epochs ({self.decay_epochs}) must be <= epochs ({self.epochs})")
+        if not self.hu_high > self.hu_low:
+            p.append(f"hu_high must be > hu_low, found {self.hu_low}..{self.hu_high}")
+        if not 0.0 <= self.min_tissue_fraction <= 1.0:
+            p.append(f"min_tissue_fraction must be in [0, 1], found {self.min_tissue_fraction}")
+        if self.lr <= 0 or not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            p.append(f"need lr > 0 and betas in [0, 1), found lr={self.lr}, betas=({self.beta1}, {self.beta2})")
+        if self.init_identity and not self.residual:
+            p.append("init_identity needs residual=True (a zeroed head makes a non-residual generator output 0)")
+        return p
+
+    # --- construction ---
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The preset ``name`` with ``overrides`` applied (field names as keyword arguments)."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r} (expected one of {', '.join(PRESETS)}).")
+        values = {**PRESETS[name], "preset": name}
+        return cls.from_dict({**values, **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a plain dict, refusing unknown keys and wrong types (all problems in one message)."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        problems = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+        clean: dict[str, Any] = {}
+        for key, val in values.items():
+            if key not in known:
+                continue
+            try:
+                clean[key] = _coerce(val, known[key].type, key)
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise InputError(f"{source}: " + "; ".join(problems) + ".")
+        return cls(**clean)
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML or JSON file of field values; ``preset:`` in it picks the base preset."""
+        values = read_config_file(path)
+        name = str(values.pop("preset", overrides.pop("preset", "matlab")))
+        base = {**PRESETS.get(name, {}), "preset": name} if name in PRESETS else None
+        if base is None:
+            raise InputError(f"{path}: unknown preset {name!r} (expected one of {', '.join(PRESETS)}).")
+        return cls.from_dict({**base, **values, **overrides}, source=str(path))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (checked like a new config)."""
+        return self.from_dict({**asdict(self), **changes})
+
+    # --- derived ---
+    @property
+    def hu_window(self) -> HUWindow:
+        return HUWindow(self.hu_low, self.hu_high)
+
+    @property
+    def slices_per_batch(self) -> int:
+        """Slices decoded per optimizer step and process (each gives ``patches_per_slice`` patches)."""
+        return self.batch_size // self.patches_per_slice
+
+    @property
+    def generator_kwargs(self) -> dict[str, Any]:
+        """``ResNetGenerator`` keyword arguments (stored in the model card)."""
+        return {"in_channels": 1, "out_channels": 1, "ngf": self.ngf, "n_blocks": self.n_blocks,
+                "upsample": self.upsample, "residual": self.residual}
+
+    def asdict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Fields that may change when a run is resumed: they do not change what the next step computes.
+RESUMABLE_CHANGES = frozenset({
+    "max_steps", "device", "num_workers", "log_every", "val_every", "val_slices",
+    "checkpoint_every", "keep_checkpoints", "tensorboard", "cache", "cache_dir", "manifest", "out", "compile", "threads",
+    "resume", "overwrite",
+})
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The MathWorks "Unsupervised Medical Image Denoising Using CycleGAN" set-up: 128 px, 16 patches per
+    # slice, minibatch 32, 6 residual blocks, 64 filters. A GPU configuration.
+    "matlab": {},
+    # Same model on a GPU with the fast path: bf16 autocast, NHWC, compiled, more loader workers.
+    "gpu": {"precision": "bf16", "channels_last": True, "compile": True, "num_workers": 8},
+    # Learns visibly in ~3-4 minutes on 2 CPU cores (measured; docs/training.md): a 16-filter, 3-block
+    # residual generator that starts as the identity, 64 px patches, 4 patches from each of 2 slices, and
+    # batch-norm discriminators (with instance norm they could not tell LD from FD noise within 150 steps).
+    "cpu-small": {
+        "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ngf": 16, "n_blocks": 3, "ndf": 16,
+        "d_norm": "batch", "num_workers": 0, "total_steps": 400, "log_every": 10, "val_every": 50,
+        "checkpoint_every": 100, "val_slices": 2,
+    },
+}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or JSON (.json) mapping of field names to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except ValueError as err:  # json.JSONDecodeError and yaml.YAMLError are ValueError / YAMLError
+        raise InputError(f"{path}: not valid {path.suffix[1:].upper() or 'YAML'} ({err}).") from err
+    except Exception as err:  # yaml.YAMLError does not derive from ValueError
+        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]}).") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping of config fields, found {type(values).__name__}.")
+    return dict(values)
+
+
+def _coerce(value: Any, type_name: Any, key: str) -> Any:
+    """Check/convert a value to the field's annotated type ("int", "float", "bool", "str")."""
+    t = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{key} must be true or false, found {value!r}")
+    if t == "int":
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+                                           or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
+            raise ValueError(f"{key} must be an integer, found {value!r}")
+        return int(value)
+    if t == "float":
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, found {value!r}") from None
+    if t == "str":
+        if value is None:
+            return ""
+        return str(value)
+    return value
+
+
+def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ: name -> (old, new)."""
+    a, b = asdict(old), asdict(new)
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "config_diff", "read_config_file"]
