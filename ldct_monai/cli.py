@@ -40,7 +40,10 @@ def handle_errors(func: Callable) -> Callable:
             console.print(f"[bold red]Error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            console.print("[bold red]Interrupted[/] (no partial output was left in place).")
+            console.print(
+                "[bold red]Interrupted.[/] Output folders are only moved into place when complete; "
+                "a training run keeps its checkpoints (continue it with --resume)."
+            )
             raise typer.Exit(130) from None
 
     return wrapper

@@ -27,7 +27,7 @@ class DemoConfig:
     slices: int = 6  # per series; the model is 2-D, so more slices only add time
     size: int = 256  # px; 512 is the clinical matrix but quadruples every stage's time
     seed: int = 0  # one seed for data, splits and training: a demo run is reproducible
-    steps: int = 600  # optimizer steps of the cpu-small preset (~3-4 min on 2 cores)
+    steps: int | None = None  # optimizer steps; None = the preset's own schedule (cpu-small: ~3-4 min on 2 cores)
     preset: str = "cpu-small"  # training preset (ldct_monai.train_config.PRESETS)
     device: str = "auto"  # cuda when present: the demo uses a GPU automatically
     eval_slices: int | None = None  # test pairs evaluated; None = all
@@ -41,7 +41,9 @@ class DemoConfig:
 
     def train_overrides(self) -> dict:
         """Training fields the demo sets beyond the preset."""
-        extra: dict = {"total_steps": self.steps, "seed": self.seed, "device": self.device}
+        extra: dict = {"seed": self.seed, "device": self.device}
+        if self.steps is not None:
+            extra["total_steps"] = self.steps
         if self.quick:
             extra.update(patch_size=32, ngf=4, n_blocks=1, ndf=4, val_every=max(1, self.steps), checkpoint_every=max(1, self.steps))
         return extra
@@ -87,7 +89,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), overwrite: bool = Fal
     build_manifest(paths["data"], paths["manifests"], ManifestConfig(seed=config.seed), progress=progress)
     timings["build_manifest"] = time.perf_counter() - t
 
-    t = stage("train", f"3/5 train ({config.preset}, {config.steps} steps, device {config.device})")
+    t = stage("train", f"3/5 train ({config.preset}, {config.steps or 'preset'} steps, device {config.device})")
     tcfg = TrainConfig.from_preset(
         config.preset,
         manifest=str(paths["manifests"]),

@@ -14,7 +14,7 @@ def demo(
     patients: int = typer.Option(5, help="Synthetic patients per body part (C, L, N)."),
     slices: int = typer.Option(6, help="Slices per series."),
     size: int = typer.Option(256, help="Image size in pixels (rows = columns)."),
-    steps: int = typer.Option(600, help="Training steps of the cpu-small preset."),
+    steps: int | None = typer.Option(None, help="Training steps (default: the cpu-small preset's schedule)."),
     seed: int = typer.Option(0, help="Seed for data, splits and training."),
     device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
     quick: bool = typer.Option(False, "--quick", help="Reduced smoke run (tiny images, a few steps): checks the plumbing, not quality."),
