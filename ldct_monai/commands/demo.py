@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -25,7 +26,7 @@ def demo(
     from ldct_monai.evaluate import print_summary
 
     if quick:
-        cfg = DemoConfig.make_quick(seed=seed)
+        cfg = replace(DemoConfig.make_quick(seed=seed), device=device)
     else:
         cfg = DemoConfig(patients=patients, slices=slices, size=size, steps=steps, seed=seed, device=device)
     result = run_demo(out, cfg, overwrite=overwrite)
