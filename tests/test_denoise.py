@@ -111,6 +111,8 @@ def test_real_ge_series_identity_round_trip(real_ct, identity_model, tmp_path):
         src_errors, out_errors = set(dciodvfy_errors(src_file)), set(dciodvfy_errors(out / Path(ds.filename).name))
         assert out_errors <= src_errors, out_errors - src_errors
         assert not any("SpecificCharacterSet" in e for e in out_errors)  # the empty value was dropped
+        assert not any("Laterality" in e for e in out_errors)  # unknown body part: empty Laterality (Type 2C)
+        assert ds.Laterality == "" and "Laterality" not in src
     s_in, s_out = _sitk_geometry(real_ct), _sitk_geometry(out)
     assert s_in[:3] == s_out[:3]
     np.testing.assert_allclose(s_in[3], s_out[3])

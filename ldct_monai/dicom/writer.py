@@ -218,6 +218,10 @@ def derive_slice(source: Dataset, stored: np.ndarray, series: DerivedSeries, *, 
         # empty is invalid (Type 1C); absent means the default repertoire, which is all we add
         if "SpecificCharacterSet" in ds:
             del ds.SpecificCharacterSet
+    if "Laterality" not in ds and not str(getattr(ds, "BodyPartExamined", "") or "").strip():
+        # Laterality is Type 2C (paired body parts). With no BodyPartExamined the condition cannot be ruled
+        # out (dciodvfy reports it missing); an empty value is the Type 2 encoding of "unknown", not a guess.
+        ds.Laterality = ""
 
     # SOP Common
     ds.SOPClassUID = CT_IMAGE_STORAGE
