@@ -19,6 +19,7 @@ from ldct_monai.errors import InputError
 
 CACHE_MODES = ("none", "memory", "disk")
 D_NORMS = ("instance", "batch", "none")
+MODEL_SELECT = ("last", "val-noise")
 PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
 DEVICES_HINT = "auto, cpu, cuda or cuda:N"
 
@@ -91,6 +92,7 @@ class TrainConfig:
     val_slices: int = 4  # val slices per dose used for validation (full slices, fixed set)
     checkpoint_every: int = 500  # steps between checkpoints (plus one at each epoch end and at the end)
     keep_checkpoints: int = 3  # keep the last K checkpoints
+    model_select: str = "last"  # exported generator: last, or val-noise = the validation whose G(LD) noise is nearest real FD's
     tensorboard: bool = True  # write TensorBoard event files in RUN_DIR/tb
 
     def __post_init__(self) -> None:
@@ -107,6 +109,8 @@ class TrainConfig:
             p.append(f"cache must be one of {', '.join(CACHE_MODES)}, found {self.cache!r}")
         if self.d_norm not in D_NORMS:
             p.append(f"d_norm must be one of {', '.join(D_NORMS)}, found {self.d_norm!r}")
+        if self.model_select not in MODEL_SELECT:
+            p.append(f"model_select must be one of {', '.join(MODEL_SELECT)}, found {self.model_select!r}")
         if self.upsample not in ("resize", "transpose"):
             p.append(f"upsample must be resize or transpose, found {self.upsample!r}")
         if self.patch_size < 16 or self.patch_size % 4:
@@ -278,4 +282,4 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "config_diff", "read_config_file"]
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "MODEL_SELECT", "config_diff", "read_config_file"]
