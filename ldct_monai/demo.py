@@ -31,6 +31,7 @@ class DemoConfig:
     preset: str = "cpu-small"  # training preset (ldct_monai.train_config.PRESETS)
     device: str = "auto"  # cuda when present: the demo uses a GPU automatically
     precision: str = "auto"  # training precision; auto = bf16 where it runs natively (CUDA, AVX-512-BF16/AMX CPUs), else fp32
+    model_select: str = "val-noise"  # export the generator whose val noise is nearest FD's (step 0 = identity included)
     eval_slices: int | None = None  # test pairs evaluated; None = all
     baselines: tuple[str, ...] = ("gaussian", "nlm")  # classical filters reported beside the model
     quick: bool = False  # reduced run (CI, smoke tests): tiny model and patches; its numbers mean little
@@ -43,7 +44,8 @@ class DemoConfig:
     def train_overrides(self) -> dict:
         """Training fields the demo sets beyond the preset."""
         extra: dict = {"seed": self.seed, "device": self.device,
-                       "precision": resolve_precision(self.precision, self.device) if not self.quick else "fp32"}
+                       "precision": resolve_precision(self.precision, self.device) if not self.quick else "fp32",
+                       "model_select": self.model_select}
         if self.steps is not None:
             extra["total_steps"] = self.steps
         if self.quick:

@@ -216,13 +216,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Learns visibly in ~3-4 minutes on 2 CPU cores (measured; docs/training.md): a 16-filter, 3-block
     # residual generator that starts as the identity, 64 px patches, 4 patches from each of 2 slices, and
     # batch-norm discriminators (with instance norm they could not tell LD from FD noise within 150 steps).
-    # Validation on 6 slices per dose (the demo's val split then covers chest, abdomen and head) and the
-    # exported generator chosen by that validation's noise estimate (docs/results.md: at this budget the
-    # GAN has not started to denoise, and the last step can be worse than an earlier one).
+    # Validation on 6 slices per dose: the demo's val split then covers chest, abdomen and head (with 2 it
+    # compared chest LD with abdomen FD noise). `ldct-monai demo` adds model_select val-noise (docs/results.md).
     "cpu-small": {
         "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ngf": 16, "n_blocks": 3, "ndf": 16,
         "d_norm": "batch", "num_workers": 0, "total_steps": 400, "log_every": 10, "val_every": 50,
-        "checkpoint_every": 100, "val_slices": 6, "model_select": "val-noise",
+        "checkpoint_every": 100, "val_slices": 6,
     },
 }
 
