@@ -347,6 +347,24 @@ class CycleGAN:
 
 
 # --------------------------------------------------------------------------------------------- the run
+def _select_by_val_noise(best: dict[str, Any], step: int, val: dict[str, float], generator: nn.Module) -> dict[str, Any]:
+    """Keep the generator whose validation G(LD) noise is nearest the real full-dose level.
+
+    Unpaired validation has no ground truth, so the no-reference noise estimate is the one quality signal
+    that does not touch test data: the goal of LD -> FD is FD's noise level, neither more (not denoised)
+    nor less (over-smoothed). Score = |noise(G(LD)) - noise(FD)| in HU; the earliest step wins ties, so
+    step 0 (the identity of a residual generator) is kept when training never got closer.
+
+    Returns:
+        ``best`` unchanged, or a new record {step, score, val, state} when this validation is better.
+    """
+    score = abs(float(val.get("noise_g_ld", math.nan)) - float(val.get("noise_fd", math.nan)))
+    if not math.isfinite(score) or (best and score >= best["score"]):
+        return best
+    state = {k: v.detach().to("cpu", copy=True) for k, v in generator.state_dict().items()}
+    return {"step": int(step), "score": score, "val": {k: float(v) for k, v in val.items()}, "state": state}
+
+
 def _dist_setup(config: TrainConfig) -> tuple[int, int, torch.device]:
     """(rank, world_size, device); initialises the process group when launched by torchrun with > 1 process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -465,6 +483,7 @@ def train(config: TrainConfig) -> Path:
         stop = min(total, config.max_steps) if config.max_steps else total
         model = CycleGAN(config, device, total, decay, rank, world)
         step = 0
+        best: dict[str, Any] = {}  # model_select "val-noise": step, score (HU), validation values, generator state
         if config.resume:
             path, state = load_latest(run_dir, map_location="cpu")
             if state.get("steps_per_epoch") != spe or state.get("manifest_hash") != mhash:
@@ -473,6 +492,7 @@ def train(config: TrainConfig) -> Path:
             model.load_state_dict(state)
             set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
             step = int(state["step"])
+            best = dict(state.get("best_model") or {})
             if rank == 0:
                 log.info("Resuming %s from %s (step %d of %d).", run_dir, path.name, step, stop)
 
@@ -486,7 +506,8 @@ def train(config: TrainConfig) -> Path:
                 rngs = gathered
             if rank == 0:
                 save_checkpoint(run_dir, step, {**model.state_dict(), "rng": rngs, "config": asdict(config),
-                                                "epoch": step // spe, "steps_per_epoch": spe, "manifest_hash": mhash},
+                                                "epoch": step // spe, "steps_per_epoch": spe, "manifest_hash": mhash,
+                                                "best_model": best},
                                 keep=config.keep_checkpoints)
 
         monitor = Monitor(run_dir, config.hu_window, config.tensorboard, resume_step=step if config.resume else None) \
@@ -495,13 +516,15 @@ def train(config: TrainConfig) -> Path:
         last_val: dict[str, float] = {}
 
         def validate_and_preview(s: int) -> None:
-            nonlocal last_val
+            nonlocal last_val, best
             if monitor is None or not (val.get("ld") or val.get("fd")):
                 return
             last_val, panels = model.validate(val, config.hu_window)
             monitor.scalars(s, last_val, prefix="val")
             if panels:
                 monitor.images(s, panels)
+            if config.model_select == "val-noise":
+                best = _select_by_val_noise(best, s, last_val, model.generator)
 
         if step == 0:
             validate_and_preview(0)  # the "before" picture: a residual generator starts near the identity
@@ -546,12 +569,23 @@ def train(config: TrainConfig) -> Path:
             dist.all_gather_object(gathered, checksums[0])
             checksums = gathered
         if rank == 0:
-            export_model(run_dir / "model", model.generator, config.generator_kwargs, hu_window=config.hu_window,
-                         config=asdict(config), manifest_hash=mhash, step=step,
-                         extra={"validation": last_val} if last_val else None)
+            generator, export_step, extra = model.generator, step, ({"validation": last_val} if last_val else None)
+            if config.model_select == "val-noise" and not best:
+                log.warning("model_select val-noise: no validation ran (empty val split?); exporting the last generator.")
+            if best:
+                generator = ResNetGenerator(**config.generator_kwargs)
+                generator.load_state_dict(best["state"])
+                export_step = int(best["step"])
+                extra = {"validation": best["val"], "selection": {
+                    "by": "val-noise", "step": export_step, "score_hu": best["score"], "last_step": step,
+                    "last_validation": last_val}}
+                log.info("Exporting the generator of step %d (val G(LD) noise %.1f HU, FD %.1f HU; last step %d).",
+                         export_step, best["val"]["noise_g_ld"], best["val"]["noise_fd"], step)
+            export_model(run_dir / "model", generator, config.generator_kwargs, hu_window=config.hu_window,
+                         config=asdict(config), manifest_hash=mhash, step=export_step, extra=extra)
             curves = monitor.loss_curves() if monitor else None
             run_info = {
-                "steps": step, "stop": stop, "schedule_steps": total, "steps_per_epoch": spe,
+                "steps": step, "exported_step": export_step, "stop": stop, "schedule_steps": total, "steps_per_epoch": spe,
                 "world_size": world, "device": str(device), "precision": config.precision,
                 "seconds_this_session": round(elapsed, 2), "replica_checksums": checksums,
                 "replicas_identical": len(set(checksums)) == 1, "manifest_hash": mhash,

@@ -19,6 +19,7 @@ from ldct_monai.errors import InputError
 
 CACHE_MODES = ("none", "memory", "disk")
 D_NORMS = ("instance", "batch", "none")
+MODEL_SELECT = ("last", "val-noise")
 PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
 DEVICES_HINT = "auto, cpu, cuda or cuda:N"
 
@@ -91,6 +92,7 @@ class TrainConfig:
     val_slices: int = 4  # val slices per dose used for validation (full slices, fixed set)
     checkpoint_every: int = 500  # steps between checkpoints (plus one at each epoch end and at the end)
     keep_checkpoints: int = 3  # keep the last K checkpoints
+    model_select: str = "last"  # exported generator: last, or val-noise = the validation whose G(LD) noise is nearest real FD's
     tensorboard: bool = True  # write TensorBoard event files in RUN_DIR/tb
 
     def __post_init__(self) -> None:
@@ -107,6 +109,8 @@ class TrainConfig:
             p.append(f"cache must be one of {', '.join(CACHE_MODES)}, found {self.cache!r}")
         if self.d_norm not in D_NORMS:
             p.append(f"d_norm must be one of {', '.join(D_NORMS)}, found {self.d_norm!r}")
+        if self.model_select not in MODEL_SELECT:
+            p.append(f"model_select must be one of {', '.join(MODEL_SELECT)}, found {self.model_select!r}")
         if self.upsample not in ("resize", "transpose"):
             p.append(f"upsample must be resize or transpose, found {self.upsample!r}")
         if self.patch_size < 16 or self.patch_size % 4:
@@ -212,10 +216,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Learns visibly in ~3-4 minutes on 2 CPU cores (measured; docs/training.md): a 16-filter, 3-block
     # residual generator that starts as the identity, 64 px patches, 4 patches from each of 2 slices, and
     # batch-norm discriminators (with instance norm they could not tell LD from FD noise within 150 steps).
+    # Validation on 6 slices per dose: the demo's val split then covers chest, abdomen and head (with 2 it
+    # compared chest LD with abdomen FD noise). `ldct-monai demo` adds model_select val-noise (docs/results.md).
     "cpu-small": {
         "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ngf": 16, "n_blocks": 3, "ndf": 16,
         "d_norm": "batch", "num_workers": 0, "total_steps": 400, "log_every": 10, "val_every": 50,
-        "checkpoint_every": 100, "val_slices": 2,
+        "checkpoint_every": 100, "val_slices": 6,
     },
 }
 
@@ -278,4 +284,4 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "config_diff", "read_config_file"]
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "MODEL_SELECT", "config_diff", "read_config_file"]

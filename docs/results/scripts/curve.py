@@ -1,0 +1,20 @@
+"""docs/results/test_psnr_vs_steps.png from the ck_curve.csv files written by ckeval.py.
+
+Usage: PYTHONPATH=. python docs/results/scripts/curve.py   (runs in /tmp/q/r_*, as in docs/results.md)
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ldct_monai.figures import curve_figure
+
+xs = list(range(50, 501, 50))
+series = {}
+for r, label in [("r_base", "fp32 400 (old preset)"), ("r_bf16", "bf16 600"), ("r_cyc2", "bf16, cycle 2 + identity L1 10"),
+                 ("r_lr1e3", "bf16, cycle 2 + id. L1 10, lr 1e-3")]:
+    c = pd.read_csv(f"/tmp/q/{r}/ck_curve.csv").set_index("step")
+    g = c.all_model_psnr_full - c.all_input_psnr_full
+    series[label] = [max(float(g[s]), -3.0) if s in g.index else np.nan for s in xs]  # clip the step-50 collapse
+curve_figure(xs, series, Path("docs/results/test_psnr_vs_steps.png"), ylabel="test PSNR - LD PSNR, full range (dB)",
+             title="demo data, cpu-small checkpoints (clipped at -3 dB)")
