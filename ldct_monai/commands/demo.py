@@ -10,6 +10,20 @@ import typer
 from ldct_monai.progress import console
 
 
+def _exported(model_dir: Path) -> str:
+    """Which training step the exported generator comes from, and why (from its model card)."""
+    import json
+
+    card = json.loads((model_dir / "model.json").read_text())
+    sel = card.get("selection") or {}
+    if sel.get("by") != "val-noise":
+        return f"generator of step {card.get('step')}"
+    text = f"step {sel.get('step')} of {sel.get('last_step')}, chosen by validation noise"
+    if sel.get("step") == 0:
+        text += ": no validation pass made G(LD) less noisy, so the identity was kept and the model row equals the input"
+    return text
+
+
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Workspace folder for data, manifest, run, report and DICOM output."),
     patients: int = typer.Option(5, help="Synthetic patients per body part (C, L, N)."),
@@ -41,6 +55,6 @@ def demo(
     )
     console.print(f"Report:          {p['summary_md']}")
     console.print(f"Figures:         {Path(p['report']) / 'figures'}  ({len(p['figures'])} PNG)")
-    console.print(f"Model:           {p['model']}")
+    console.print(f"Model:           {p['model']}  ({_exported(Path(p['model']))})")
     console.print(f"Denoised DICOM:  {p['denoised_series']}  (from {p['denoised_source']})")
     console.print(f"TensorBoard:     tensorboard --logdir {Path(p['model']).parent}")
