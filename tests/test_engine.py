@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import make_manifest
+from train_fixtures import TINY, make_manifest, one_thread  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from ldct_monai.checkpoint import (
@@ -29,17 +29,7 @@ from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
 from ldct_monai.modelio import load_model
 from ldct_monai.train_config import PRESETS, TrainConfig
 
-TINY = dict(patch_size=24, patches_per_slice=2, batch_size=4, ngf=4, n_blocks=1, ndf=4, num_workers=0,
-            tensorboard=False, val_every=1000, val_slices=1, log_every=1, checkpoint_every=3, total_steps=20)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are dominated by per-op threading overhead: one thread is faster (and CI has 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

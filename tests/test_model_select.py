@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from train_fixtures import make_manifest
+from train_fixtures import TINY as BASE_TINY
+from train_fixtures import make_manifest, one_thread  # noqa: F401 (fixture)
 
 from ldct_monai.checkpoint import list_checkpoints, load_checkpoint
 from ldct_monai.engine import _select_by_val_noise, train
@@ -15,17 +16,8 @@ from ldct_monai.errors import InputError
 from ldct_monai.modelio import load_model
 from ldct_monai.train_config import TrainConfig
 
-TINY = dict(patch_size=24, patches_per_slice=2, batch_size=4, ngf=4, n_blocks=1, ndf=4, num_workers=0,
-            tensorboard=False, val_every=2, val_slices=1, log_every=1, checkpoint_every=2, keep_checkpoints=10,
-            total_steps=6)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = dict(BASE_TINY, val_every=2, checkpoint_every=2, keep_checkpoints=10, total_steps=6)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_selection_rule_hand_computed():

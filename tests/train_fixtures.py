@@ -13,11 +13,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
+import pytest
+import torch
 from scipy.ndimage import gaussian_filter
 
 from ldct_monai.dicom.create import SeriesInfo, make_uid, write_ct_series
 
 SPLITS = {"train": 4, "val": 2, "test": 1}  # patients per split (train/val: half LD, half FD)
+
+
+# A training config small enough for a few CPU steps in a test (override fields per test).
+TINY = dict(patch_size=24, patches_per_slice=2, batch_size=4, ngf=4, n_blocks=1, ndf=4, num_workers=0,
+            tensorboard=False, val_every=1000, val_slices=1, log_every=1, checkpoint_every=3, total_steps=20)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are dominated by per-op threading overhead: one thread is faster (and CI has 2 cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def phantom(size: int, rng: np.random.Generator) -> np.ndarray:
