@@ -34,62 +34,38 @@ _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.
 
 
 def read_ct_series(series_dir: Path) -> list:
-    """Read every single-frame CT slice of one series in ``series_dir``, sorted by position along the normal.
+    """Read one CT series under ``series_dir`` and check what the simulator needs beyond a valid series.
+
+    Finding, validating, sorting along the normal and decoding (stored values, HU, outside-field-of-view
+    mask) is ``ldct_monai.dicom.reader``'s job, shared with ``denoise``; this adds the simulator's own
+    needs: 16-bit single-sample pixels and square pixel spacing.
+
+    Returns:
+        The decoded slices (:class:`ldct_monai.dicom.reader.CTSlice`) in geometric order.
 
     Raises:
-        InputError: not a folder, no CT slices, more than one series, or inconsistent/unsupported slices
-            (every problem found is listed in one message).
+        InputError: not a folder, no or several CT series, inconsistent slices, or pixels the simulator
+            cannot use (every problem found is listed in one message).
     """
-    import pydicom
-
-    from ldct_monai.dicom.core import CT_IMAGE_STORAGE, slice_normal, slice_position
+    from ldct_monai.dicom.reader import read_series
 
     series_dir = Path(series_dir)
     if not series_dir.is_dir():
         found = "a file" if series_dir.exists() else "no such folder"
         raise InputError(f"{series_dir}: expected a folder holding one DICOM CT series, found {found}.")
-    slices, skipped = [], []
-    for path in sorted(p for p in series_dir.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
-            skipped.append(path.name)
-            continue
-        if getattr(ds, "SOPClassUID", None) != CT_IMAGE_STORAGE or "PixelData" not in ds:
-            skipped.append(path.name)
-            continue
-        slices.append(ds)
-    if skipped:
-        log.warning("%s: skipped %d file(s) that are not single-frame CT images: %s", series_dir, len(skipped),
-                    ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    if not slices:
-        raise InputError(
-            f"{series_dir}: expected single-frame CT Image Storage files directly in this folder "
-            "(subfolders are not searched), found none."
-        )
+    decoded = list(read_series(series_dir).iter_slices())
     problems = []
-    uids = sorted({str(ds.SeriesInstanceUID) for ds in slices})
-    if len(uids) > 1:
-        problems.append(f"{len(uids)} different SeriesInstanceUIDs (expected one series)")
-    shapes = sorted({(int(ds.Rows), int(ds.Columns)) for ds in slices})
-    if len(shapes) > 1:
-        problems.append(f"image sizes differ {shapes}")
-    for ds in slices:
-        name = Path(ds.filename).name
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-            problems.append(f"{name} is multi-frame")
+    for sl in decoded:
+        ds, name = sl.dataset, sl.ref.path.name
         if int(ds.BitsAllocated) != 16 or int(getattr(ds, "SamplesPerPixel", 1)) != 1:
             problems.append(f"{name} has BitsAllocated {ds.BitsAllocated} / SamplesPerPixel "
                             f"{getattr(ds, 'SamplesPerPixel', 1)} (expected 16 / 1)")
-        ps = getattr(ds, "PixelSpacing", None)
-        if ps is None or len(ps) != 2:
-            problems.append(f"{name} has no PixelSpacing")
-        elif not math.isclose(float(ps[0]), float(ps[1]), rel_tol=1e-3):
+        ps = ds.PixelSpacing
+        if not math.isclose(float(ps[0]), float(ps[1]), rel_tol=1e-3):
             problems.append(f"{name} has anisotropic PixelSpacing {list(ps)} (expected square pixels)")
     if problems:
         raise InputError(f"{series_dir}: cannot simulate low dose: " + "; ".join(sorted(set(problems))[:8]) + ".")
-    normal = slice_normal(slices[0])
-    return sorted(slices, key=lambda ds: slice_position(ds, normal))
+    return decoded
 
 
 def simulate_low_dose_series(
@@ -131,7 +107,6 @@ def simulate_low_dose_series(
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from ldct_monai.dicom.core import padding_mask, to_hu
     from ldct_monai.dicom.create import make_uid
     from ldct_monai.io_utils import atomic_output_dir
     from ldct_monai.progress import make_progress
@@ -147,7 +122,8 @@ def simulate_low_dose_series(
     src, dst = Path(series_dir).resolve(), Path(out_dir).resolve()
     if dst == src or dst in src.parents or src in dst.parents:
         raise InputError(f"{out_dir}: the output folder must not be, contain or lie inside the source series folder.")
-    slices = read_ct_series(series_dir)
+    decoded = read_ct_series(series_dir)
+    slices = [sl.dataset for sl in decoded]
     bp = _body_part(slices[0], body_part, series_dir)
     protocol = PROTOCOLS[bp]
     fraction = float(dose_fraction) if dose_fraction is not None else protocol.dose_fraction
@@ -156,18 +132,9 @@ def simulate_low_dose_series(
     spacing = float(slices[0].PixelSpacing[0])
     thickness = _thickness(slices)
 
-    stored, hu, pad = [], [], []
-    for ds in slices:
-        try:
-            s = ds.pixel_array
-        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad input file
-            raise InputError(f"{ds.filename}: cannot decode pixel data ({type(err).__name__}: {err}).") from err
-        stored.append(s)
-        hu.append(to_hu(ds, s))
-        m = padding_mask(ds, s)
-        pad.append(np.zeros(s.shape, bool) if m is None else m)
-    hu_vol = np.stack(hu)
-    pad_vol = np.stack(pad)
+    stored = [sl.stored for sl in decoded]
+    hu_vol = np.stack([sl.hu for sl in decoded])
+    pad_vol = np.stack([np.zeros(sl.stored.shape, bool) if sl.padding is None else sl.padding for sl in decoded])
     # the scanner saw air where the image is padding (outside its field of view)
     scan_vol = np.where(pad_vol, -1000.0, hu_vol).astype(np.float32)
     r0, c0 = (n - rows) // 2, (n - cols) // 2
@@ -197,7 +164,7 @@ def simulate_low_dose_series(
     floor_hu = min(float(hu_vol[~pad_vol].min()) if (~pad_vol).any() else -1024.0, -1024.0)
     out_dir = Path(out_dir)
     with atomic_output_dir(out_dir, overwrite) as tmp:
-        for ds, s, ld, pm in zip(slices, stored, low, pad):
+        for ds, s, ld, pm in zip(slices, stored, low, pad_vol):
             new = copy.deepcopy(ds)
             slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
             intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
