@@ -27,6 +27,16 @@ class BodyPart(str, enum.Enum):
     HEAD = "N"  # TCIA "N" = neuro / head
 
 
+# Body parts in a fixed order: the index of a body part in the discriminators' one-hot condition.
+BODY_PARTS: tuple[str, ...] = tuple(b.value for b in BodyPart)
+
+
+def body_part_index(value: object) -> int:
+    """Index of a body-part code (C / L / N, any case) in :data:`BODY_PARTS`; -1 when unknown or empty."""
+    code = str(value).strip().upper() if value is not None else ""
+    return BODY_PARTS.index(code) if code in BODY_PARTS else -1
+
+
 # DICOM BodyPartExamined values written by `synth` and recognised by `build-manifest`.
 BODY_PART_EXAMINED = {BodyPart.CHEST: "CHEST", BodyPart.ABDOMEN: "ABDOMEN", BodyPart.HEAD: "HEAD"}
 

@@ -22,11 +22,13 @@ import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from ldct_monai.config import BODY_PARTS, body_part_index
 from ldct_monai.errors import InputError
 from ldct_monai.manifest import load_split
 from ldct_monai.train_config import TrainConfig
@@ -35,11 +37,15 @@ from ldct_monai.transforms import Keys, augment_transforms, load_transforms
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("patient_id", "path")
+BODY_PART = "body_part"  # record key of the body-part code
 STREAMS = {Keys.LD: ("train_ld", "val_ld", "low"), Keys.FD: ("train_fd", "val_fd", "full")}
 
 
 def split_records(manifest_dir: Path, split: str, key: str, expected_dose: str | None = None) -> list[dict]:
-    """Rows of one manifest split as ``{key: path, "sop_uid": ..., "patient_id": ...}`` dictionaries.
+    """Rows of one manifest split as ``{key: path, "sop_uid", "patient_id", "body_part"}`` dictionaries.
+
+    ``body_part`` is the manifest's C / L / N code ("" when the manifest has no such column); it rides
+    along every transform to the batch, where body-part-conditioned discriminators use it.
 
     Raises:
         InputError: the split is missing, empty, lacks columns, or holds rows of the other dose.
@@ -56,8 +62,9 @@ def split_records(manifest_dir: Path, split: str, key: str, expected_dose: str |
     if problems:
         raise InputError(f"{path}: " + "; ".join(problems) + ".")
     sop = df["sop_uid"].astype(str) if "sop_uid" in df.columns else [""] * len(df)
-    return [{str(key): p, "sop_uid": s, "patient_id": str(pid)}
-            for p, s, pid in zip(df["path"], sop, df["patient_id"], strict=True)]
+    parts = df["body_part"].fillna("").astype(str) if "body_part" in df.columns else [""] * len(df)
+    return [{str(key): p, "sop_uid": s, "patient_id": str(pid), BODY_PART: bp}
+            for p, s, pid, bp in zip(df["path"], sop, df["patient_id"], parts, strict=True)]
 
 
 def slice_dataset(records: Sequence[dict], key: str, config: TrainConfig, cache_dir: Path | None = None,
@@ -147,12 +154,91 @@ class ResumableSampler(Sampler[int]):
         return max(0, len(self.inner) - self.start)
 
 
-def collate_patches(key: str):
-    """Collate function: lists of patch dicts (one list per slice) -> a (B, 1, P, P) float32 tensor."""
+class Batch(NamedTuple):
+    """One training step's input: unpaired LD and FD patches with the body part of each patch.
 
-    def collate(batch: list[list[dict]]) -> torch.Tensor:
-        patches = [d[key] for sample in batch for d in sample]
-        return torch.stack([p.as_tensor() if hasattr(p, "as_tensor") else torch.as_tensor(p) for p in patches]).float()
+    ``ld`` / ``fd``: (B, 1, P, P) float32 in [-1, 1]; ``ld_body_part`` / ``fd_body_part``: (B,) int64
+    indices into :data:`ldct_monai.config.BODY_PARTS` (-1 = unknown).
+    """
+
+    ld: torch.Tensor
+    fd: torch.Tensor
+    ld_body_part: torch.Tensor
+    fd_body_part: torch.Tensor
+
+
+class BodyPartBatchSampler(Sampler[list[int]]):
+    """Batch sampler: every step takes its slices from one body part, the same in the LD and FD streams.
+
+    With ``body_part_batches`` the two streams' samplers share a per-epoch schedule of body parts
+    (a seeded permutation of the body parts both streams have, repeated round-robin, so each gets an
+    equal share of the steps), and each stream draws that step's slices from a shuffled, cycled list of
+    its own slices of that body part. A batch-norm discriminator then normalises over patches of one
+    anatomy, and each step asks it one question ("full-dose noise of *this* body part?") instead of
+    comparing chest noise with head noise. DDP: every rank computes the same chunk of
+    ``slices_per_batch * world_size`` slices per step and takes its own share.
+
+    Args:
+        parts: body-part index of every slice of the stream (-1 = unknown, a group of its own).
+        common: body parts scheduled (those both streams have), in a fixed order.
+        slices_per_batch: slices per step and process.
+        steps_per_epoch: steps of one epoch (shared by both streams).
+        seed: the run seed (the schedule depends on it and the epoch only).
+        stream: stream id (0 = LD, 1 = FD): the slice order within a body part depends on it.
+    """
+
+    def __init__(self, parts: Sequence[int], common: Sequence[int], slices_per_batch: int, steps_per_epoch: int,
+                 seed: int, stream: int, rank: int = 0, world_size: int = 1) -> None:
+        parts_arr = np.asarray(parts, dtype=np.int64)
+        self.by_part = {int(p): np.flatnonzero(parts_arr == p) for p in common}
+        empty = [p for p, idx in self.by_part.items() if not len(idx)]
+        if not common or empty:
+            raise InputError(f"body-part batches: stream {stream} has no slice of body part(s) {empty or 'any'}.")
+        self.common = tuple(int(p) for p in common)
+        self.spb, self.steps = int(slices_per_batch), int(steps_per_epoch)
+        self.seed, self.stream, self.rank, self.world = int(seed), int(stream), int(rank), int(world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` steps of the epoch (a resumed run); note: in steps, not slices."""
+        self.start = int(start)
+
+    def schedule(self, epoch: int) -> list[int]:
+        """Body part of every step of ``epoch`` (identical in both streams' samplers)."""
+        order = np.random.default_rng(_item_seed(self.seed, 1_000_003, epoch)).permutation(len(self.common))
+        return [self.common[int(order[k % len(order)])] for k in range(self.steps)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        need = self.spb * self.world
+        queues: dict[int, list[int]] = {p: [] for p in self.common}
+        cycles = dict.fromkeys(self.common, 0)
+        for k, part in enumerate(self.schedule(self.epoch)):
+            queue = queues[part]
+            while len(queue) < need:  # a body part with few slices is reshuffled and cycled
+                idx = self.by_part[part]
+                rng = np.random.default_rng(_item_seed(self.seed, self.stream, self.epoch, part + 1, cycles[part]))
+                queue.extend(int(i) for i in idx[rng.permutation(len(idx))])
+                cycles[part] += 1
+            chunk, queues[part] = queue[:need], queue[need:]
+            if k >= self.start:
+                yield chunk[self.rank * self.spb : (self.rank + 1) * self.spb]
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def collate_patches(key: str):
+    """Collate function: lists of patch dicts (one list per slice) -> ((B, 1, P, P) float32, (B,) int64 body part)."""
+
+    def collate(batch: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = [d for sample in batch for d in sample]
+        images = torch.stack([torch.as_tensor(d[key].as_tensor() if hasattr(d[key], "as_tensor") else d[key])
+                              for d in patches]).float()
+        parts = torch.tensor([body_part_index(d.get(BODY_PART)) for d in patches], dtype=torch.int64)
+        return images, parts
 
     return collate
 
@@ -181,20 +267,41 @@ class UnpairedBatches:
                 raise InputError(f"{name}: {len(recs)} slice(s), but one step needs {spb} per process x "
                                  f"{world_size} process(es) = {need} (lower --batch-size or add data).")
         self.streams: list[PatchStream] = []
-        self.samplers: list[ResumableSampler] = []
+        self.samplers: list[ResumableSampler | BodyPartBatchSampler] = []
         self.loaders: list[DataLoader] = []
-        for stream, (key, recs) in enumerate(((Keys.LD, ld_records), (Keys.FD, fd_records))):
+        self.steps_per_epoch = min(len(ld_records), len(fd_records)) // need  # = DistributedSampler share // spb
+        streams = ((Keys.LD, ld_records), (Keys.FD, fd_records))
+        parts = [[body_part_index(r.get(BODY_PART)) for r in recs] for _, recs in streams]
+        common = sorted(set(parts[0]) & set(parts[1]))
+        self.body_part_batches = bool(config.body_part_batches)
+        if self.body_part_batches and not common:
+            log.warning("Body-part batches: train_ld and train_fd share no body part (a small cohort gives each "
+                        "body part's train patients one dose); using mixed batches.")
+            self.body_part_batches = False
+        if self.body_part_batches:
+            unused = sorted(set(parts[0]) ^ set(parts[1]))
+            if unused:
+                log.warning("Body-part batches: body part(s) %s appear in only one training stream; their slices "
+                            "are not used.", ", ".join(BODY_PARTS[p] if p >= 0 else "unknown" for p in unused))
+        for stream, (key, recs) in enumerate(streams):
             sub = None if cache_dir is None else cache_dir / str(key)
             ds = PatchStream(slice_dataset(recs, key, config, sub), key, config, stream)
-            sampler = ResumableSampler(len(ds), seed=config.seed * 2 + stream, rank=rank, world_size=world_size)
+            if self.body_part_batches:
+                sampler = BodyPartBatchSampler(parts[stream], common, spb, self.steps_per_epoch, config.seed, stream,
+                                               rank, world_size)
+            else:
+                sampler = ResumableSampler(len(ds), seed=config.seed * 2 + stream, rank=rank, world_size=world_size)
             self.streams.append(ds)
             self.samplers.append(sampler)
             self.loaders.append(self._loader(ds, sampler, str(key), pin_memory))
-        self.steps_per_epoch = min(s.per_rank for s in self.samplers) // spb
 
-    def _loader(self, ds: PatchStream, sampler: ResumableSampler, key: str, pin_memory: bool) -> DataLoader:
-        kwargs = dict(batch_size=self.config.slices_per_batch, sampler=sampler, drop_last=True,
-                      collate_fn=collate_patches(key), pin_memory=pin_memory)
+    def _loader(self, ds: PatchStream, sampler: ResumableSampler | BodyPartBatchSampler, key: str,
+                pin_memory: bool) -> DataLoader:
+        if isinstance(sampler, BodyPartBatchSampler):
+            kwargs = dict(batch_sampler=sampler)
+        else:
+            kwargs = dict(batch_size=self.config.slices_per_batch, sampler=sampler, drop_last=True)
+        kwargs.update(collate_fn=collate_patches(key), pin_memory=pin_memory)
         if self.config.num_workers == 0:
             from monai.data import ThreadDataLoader
 
@@ -204,18 +311,21 @@ class UnpairedBatches:
         workers = max(1, self.config.num_workers // 2)
         return DataLoader(ds, num_workers=workers, persistent_workers=False, prefetch_factor=2, **kwargs)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(ld, fd)`` batches of shape (B, 1, P, P) for steps ``start_step .. steps_per_epoch - 1``."""
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield a :class:`Batch` for each of the steps ``start_step .. steps_per_epoch - 1``."""
         for ds, sampler in zip(self.streams, self.samplers, strict=True):
             ds.set_epoch(epoch)
             sampler.set_epoch(epoch)
-            sampler.set_start(start_step * self.config.slices_per_batch)
+            per_step = 1 if isinstance(sampler, BodyPartBatchSampler) else self.config.slices_per_batch
+            sampler.set_start(start_step * per_step)
         n = self.steps_per_epoch - start_step
-        yield from itertools.islice(zip(*self.loaders, strict=False), max(0, n))
+        for (ld, ld_bp), (fd, fd_bp) in itertools.islice(zip(*self.loaders, strict=False), max(0, n)):
+            yield Batch(ld, fd, ld_bp, fd_bp)
 
 
-def val_slices(manifest_dir: Path, config: TrainConfig) -> dict[str, list[torch.Tensor]]:
-    """A fixed, evenly spaced set of validation slices per domain: {"ld": [(1, 1, H, W)], "fd": [...]}.
+def val_slices(manifest_dir: Path, config: TrainConfig) -> dict[str, list]:
+    """A fixed, evenly spaced set of validation slices per domain: {"ld": [(1, 1, H, W)], "fd": [...]}, and
+    the body part of each as (1,) int64 tensors under "ld_body_part" / "fd_body_part".
 
     Slices are cropped at the bottom/right to a multiple of the generator stride (4). An empty or
     missing val split gives an empty list (validation is then skipped with a warning by the engine).
@@ -226,15 +336,16 @@ def val_slices(manifest_dir: Path, config: TrainConfig) -> dict[str, list[torch.
             recs = split_records(manifest_dir, val_split, key, dose)
         except InputError as err:
             log.warning("No validation for %s: %s", key, err)
-            out[str(key)] = []
+            out[str(key)], out[f"{key}_{BODY_PART}"] = [], []
             continue
         n = min(config.val_slices, len(recs))
         idx = np.linspace(0, len(recs) - 1, n).round().astype(int) if n else []
         load = load_transforms([key], config.hu_window)
-        imgs = []
+        imgs, parts = [], []
         for i in idx:
             x = load(recs[int(i)])[str(key)]
             h, w = x.shape[-2:]
             imgs.append(x[None, :, : h - h % 4, : w - w % 4].contiguous())
-        out[str(key)] = imgs
+            parts.append(torch.tensor([body_part_index(recs[int(i)][BODY_PART])], dtype=torch.int64))
+        out[str(key)], out[f"{key}_{BODY_PART}"] = imgs, parts
     return out

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ldct_monai.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
+from ldct_monai.config import BODY_PARTS, BodyPart
 from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
 from ldct_monai.io_utils import atomic_write_text, check_output_dir
 from ldct_monai.networks import ResNetGenerator, make_discriminator
@@ -67,14 +68,74 @@ class GeneratorPair(nn.Module):
         return out
 
 
+def condition_planes(images: torch.Tensor, body_part: torch.Tensor | None) -> torch.Tensor:
+    """``images`` (B, C, H, W) with one constant plane per body part appended: (B, C + K, H, W).
+
+    Plane k is 1 where the image's body part is ``BODY_PARTS[k]``, else 0 (all 0 for unknown = -1): the
+    discriminator's question becomes "is this full-dose noise *for this body part*?" (conditional GAN,
+    as pix2pix conditions its discriminator on the input). Needed because the body parts' noise levels
+    overlap: head low dose (~22 HU) is quieter than abdomen full dose (~31 HU) in the Mayo data.
+    """
+    if body_part is None:
+        raise InputError("body-part-conditioned discriminators need the body part of every patch (got none).")
+    bp = body_part.to(images.device).view(-1)
+    if bp.numel() != images.shape[0]:
+        raise InputError(f"body-part condition: {bp.numel()} labels for {images.shape[0]} images.")
+    onehot = torch.nn.functional.one_hot(bp.clamp(min=0), len(BODY_PARTS)) * (bp >= 0)[:, None]
+    planes = onehot.to(images.dtype)[:, :, None, None].expand(-1, -1, *images.shape[-2:])
+    return torch.cat([images, planes], dim=1)
+
+
+def reading_window_channel(images: torch.Tensor, body_part: torch.Tensor | None, hu_window) -> torch.Tensor:
+    """``images`` (B, 1, H, W, network units) seen through each one's body-part reading window, in [-1, 1].
+
+    The windows are LDCTBench's (chest C -600/W 1500, abdomen C 50/W 400, head C 40/W 80, ``metrics``),
+    the ones radiologists read noise in: in network units (4095 HU across [-1, 1]) head noise of 11 vs
+    22 HU is 0.005 vs 0.011, while a skull edge is 0.5; through the head window the noise is 50x larger and
+    the skull is clipped away. Unknown body parts (-1) pass unwindowed.
+    """
+    from ldct_monai.metrics import LDCTBENCH_WINDOWS
+
+    if body_part is None:
+        raise InputError("reading-window discriminators need the body part of every patch (got none).")
+    to_unit = lambda hu: (hu - hu_window.low) / (hu_window.high - hu_window.low) * 2.0 - 1.0  # noqa: E731
+    table = torch.tensor([[to_unit(w.lower), to_unit(w.upper)] for w in (LDCTBENCH_WINDOWS[b] for b in BodyPart)]
+                         + [[-1.0, 1.0]], dtype=torch.float32, device=images.device)  # last row: unknown
+    bp = body_part.to(images.device).view(-1)
+    lo_hi = table[torch.where(bp >= 0, bp, len(BODY_PARTS))].to(images.dtype)
+    lo, hi = lo_hi[:, 0, None, None, None], lo_hi[:, 1, None, None, None]
+    return ((images - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+
+def discriminator_view(images: torch.Tensor, body_part: torch.Tensor | None, config: TrainConfig) -> torch.Tensor:
+    """What the discriminators see of ``images``: the image, then (``d_window``) its reading-window view,
+    then (``d_condition == "body-part"``) the one-hot body-part planes."""
+    out = images
+    if config.d_window:
+        out = torch.cat([out, reading_window_channel(images, body_part, config.hu_window)], dim=1)
+    if config.d_condition == "body-part":
+        out = condition_planes(out, body_part)
+    return out
+
+
+def discriminator_channels(config: TrainConfig) -> int:
+    """Input channels of the discriminators (see :func:`discriminator_view`)."""
+    return 1 + int(config.d_window) + (len(BODY_PARTS) if config.d_condition == "body-part" else 0)
+
+
 class DiscriminatorPair(nn.Module):
-    """D_ld and D_fd (70x70 PatchGANs, MONAI ``PatchDiscriminator``); forward returns patch logits."""
+    """D_ld and D_fd (70x70 PatchGANs, MONAI ``PatchDiscriminator``); forward returns patch logits.
+
+    Their inputs are :func:`discriminator_view` of the images (built by the caller): the image, its
+    reading-window view (``d_window``) and body-part planes (``d_condition``).
+    """
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
         norm = {"instance": "INSTANCE", "batch": "BATCH", "none": None}[config.d_norm]
-        self.d_ld = make_discriminator(1, config.ndf, config.d_layers, norm)
-        self.d_fd = make_discriminator(1, config.ndf, config.d_layers, norm)
+        self.in_channels = discriminator_channels(config)
+        self.d_ld = make_discriminator(self.in_channels, config.ndf, config.d_layers, norm)
+        self.d_fd = make_discriminator(self.in_channels, config.ndf, config.d_layers, norm)
         # Batch norm normalises by the statistics of the whole batch: a batch of fakes alone would be judged
         # against itself. So with batch norm, fakes are always judged in a batch mixed with real images.
         self.mixed_batches = config.d_norm == "batch"
@@ -212,8 +273,18 @@ class CycleGAN:
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
-    def train_step(self, ld: torch.Tensor, fd: torch.Tensor) -> torch.Tensor:
+    def _cond(self, images: torch.Tensor, body_part: torch.Tensor | None) -> torch.Tensor:
+        """What the discriminators see: the images, plus body-part planes when they are conditioned."""
+        if self.config.d_condition == "body-part" or self.config.d_window:
+            return discriminator_view(images, body_part, self.config).contiguous(memory_format=self.memory_format)
+        return images
+
+    def train_step(self, ld: torch.Tensor, fd: torch.Tensor, ld_body_part: torch.Tensor | None = None,
+                   fd_body_part: torch.Tensor | None = None) -> torch.Tensor:
         """One optimizer step of both generators and both discriminators.
+
+        ``ld_body_part`` / ``fd_body_part`` ((B,) indices into ``BODY_PARTS``) are needed only with
+        body-part-conditioned discriminators. G(LD) keeps its LD patch's body part, F(FD) its FD patch's.
 
         Returns:
             The step's losses as one detached float32 tensor in the order of :data:`LOSS_NAMES`
@@ -227,7 +298,9 @@ class CycleGAN:
         use_identity = cfg.lambda_identity > 0 or cfg.lambda_identity_l1 > 0
         with autocast(self.device, cfg.precision):
             out = self.gens_run(ld, fd, identity=use_identity)
-            j_ld, j_fd = _unwrap(self.discs).judge_fakes(ld, out["fake_ld"], fd, out["fake_fd"])
+            c_ld, c_fd = self._cond(ld, ld_body_part), self._cond(fd, fd_body_part)
+            j_ld, j_fd = _unwrap(self.discs).judge_fakes(c_ld, self._cond(out["fake_ld"], fd_body_part),
+                                                         c_fd, self._cond(out["fake_fd"], ld_body_part))
             adv_g = (self.adv(j_fd.float(), target_is_real=True, for_discriminator=False)
                      + self.adv(j_ld.float(), target_is_real=True, for_discriminator=False))
         # Image losses in fp32: SSIM of low-contrast CT patches is not safe in bf16.
@@ -245,10 +318,11 @@ class CycleGAN:
         # --- discriminators: real vs pooled fakes, halved as in Zhu et al. ---
         _set_requires_grad(self.discs, True)
         self.opt_d.zero_grad(set_to_none=True)
-        fake_ld = self.pool_ld.query(out["fake_ld"].detach())
-        fake_fd = self.pool_fd.query(out["fake_fd"].detach())
+        # The pools keep each fake with its body-part planes, so a pooled image is judged with its own label.
+        fake_ld = self.pool_ld.query(self._cond(out["fake_ld"].detach(), fd_body_part))
+        fake_fd = self.pool_fd.query(self._cond(out["fake_fd"].detach(), ld_body_part))
         with autocast(self.device, cfg.precision):
-            r_ld, f_ld, r_fd, f_fd = self.discs_run(ld, fake_ld, fd, fake_fd)
+            r_ld, f_ld, r_fd, f_fd = self.discs_run(c_ld, fake_ld, c_fd, fake_fd)
         d_ld = 0.5 * (self.adv(r_ld.float(), True, True) + self.adv(f_ld.float(), False, True))
         d_fd = 0.5 * (self.adv(r_fd.float(), True, True) + self.adv(f_fd.float(), False, True))
         loss_d = d_ld + d_fd
@@ -282,12 +356,13 @@ class CycleGAN:
 
         sums: dict[str, list[float]] = {k: [] for k in ("cycle", "identity", "adv_g", "noise_ld", "noise_g_ld", "noise_fd")}
         panels: list = []
-        for i, ld in enumerate(val.get("ld", [])):
+        ld_parts = val.get("ld_body_part") or [None] * len(val.get("ld", []))
+        for i, (ld, part) in enumerate(zip(val.get("ld", []), ld_parts, strict=True)):
             ld = self._prep(ld)
             with autocast(self.device, self.config.precision):
                 fake_fd = g(ld)
                 rec_ld = f(fake_fd)
-                adv = dd.d_fd(fake_fd)[-1]
+                adv = dd.d_fd(self._cond(fake_fd, part))[-1]
             fake_fd, rec_ld = fake_fd.float(), rec_ld.float()
             sums["cycle"].append(self.l1(rec_ld, ld).item())
             sums["adv_g"].append(self.adv(adv.float(), True, False).item())
@@ -535,8 +610,8 @@ def train(config: TrainConfig) -> Path:
             task = progress.add_task("train", total=stop, completed=step, unit="step", info="")
             while step < stop:
                 epoch, in_epoch = divmod(step, spe)
-                for ld, fd in batches.epoch(epoch, in_epoch):
-                    losses = model.train_step(ld, fd)
+                for batch in batches.epoch(epoch, in_epoch):
+                    losses = model.train_step(*batch)
                     step += 1
                     values = dict(zip(LOSS_NAMES, losses.tolist(), strict=True))  # one host sync per step
                     bad = [k for k, v in values.items() if not math.isfinite(v)]

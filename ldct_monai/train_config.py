@@ -19,6 +19,7 @@ from ldct_monai.errors import InputError
 
 CACHE_MODES = ("none", "memory", "disk")
 D_NORMS = ("instance", "batch", "none")
+D_CONDITIONS = ("none", "body-part")
 MODEL_SELECT = ("last", "val-noise")
 PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
 DEVICES_HINT = "auto, cpu, cuda or cuda:N"
@@ -59,6 +60,7 @@ class TrainConfig:
     cache: str = "memory"  # decoded slices kept in RAM (none | memory | disk); DICOM decode is the slow part
     cache_dir: str = ""  # folder for --cache disk; "" means RUN_DIR/cache
     num_workers: int = 2  # DataLoader worker processes per rank (0 loads in the training process)
+    body_part_batches: bool = False  # each step takes LD and FD slices of one body part (rotating): docs/training.md
 
     # --- model ---
     ngf: int = 64  # generator filters (Zhu et al., MathWorks)
@@ -69,6 +71,8 @@ class TrainConfig:
     ndf: int = 64  # discriminator filters (70x70 PatchGAN, Zhu et al.)
     d_layers: int = 3  # PatchGAN layers; 3 gives the 70x70 receptive field
     d_norm: str = "instance"  # discriminator norm (Zhu et al.); "batch" sees noise level far sooner (docs/training.md)
+    d_window: bool = False  # discriminators also see each patch in its body part's reading window (LDCTBench); docs/training.md
+    d_condition: str = "none"  # body-part: discriminators also get the patch's body part (C/L/N one-hot planes); docs/training.md
 
     # --- losses ---
     lambda_cycle: float = 10.0  # cycle L1 weight (Zhu et al., MathWorks)
@@ -109,6 +113,8 @@ class TrainConfig:
             p.append(f"cache must be one of {', '.join(CACHE_MODES)}, found {self.cache!r}")
         if self.d_norm not in D_NORMS:
             p.append(f"d_norm must be one of {', '.join(D_NORMS)}, found {self.d_norm!r}")
+        if self.d_condition not in D_CONDITIONS:
+            p.append(f"d_condition must be one of {', '.join(D_CONDITIONS)}, found {self.d_condition!r}")
         if self.model_select not in MODEL_SELECT:
             p.append(f"model_select must be one of {', '.join(MODEL_SELECT)}, found {self.model_select!r}")
         if self.upsample not in ("resize", "transpose"):
@@ -213,15 +219,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "matlab": {},
     # Same model on a GPU with the fast path: bf16 autocast, NHWC, compiled, more loader workers.
     "gpu": {"precision": "bf16", "channels_last": True, "compile": True, "num_workers": 8},
-    # Learns visibly in ~3-4 minutes on 2 CPU cores (measured; docs/training.md): a 16-filter, 3-block
-    # residual generator that starts as the identity, 64 px patches, 4 patches from each of 2 slices, and
-    # batch-norm discriminators (with instance norm they could not tell LD from FD noise within 150 steps).
-    # Validation on 6 slices per dose: the demo's val split then covers chest, abdomen and head (with 2 it
-    # compared chest LD with abdomen FD noise). `ldct-monai demo` adds model_select val-noise (docs/results.md).
+    # Learns in ~3-4 minutes on 2 CPU cores (measured; docs/training.md): a 16-filter, 3-block residual
+    # generator that starts as the identity, 64 px patches, 4 patches from each of 2 slices, and batch-norm
+    # discriminators (with instance norm they could not tell LD from FD noise within 150 steps).
+    # Chest, abdomen and head together (their noise levels overlap) learn only when the discriminators see
+    # each patch in its body part's reading window, know the body part, and each step holds one body part
+    # (docs/training.md, "Several body parts"). Validation on 6 slices per dose covers C, L and N.
+    # `ldct-monai demo` adds model_select val-noise (docs/results.md).
     "cpu-small": {
         "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ngf": 16, "n_blocks": 3, "ndf": 16,
-        "d_norm": "batch", "num_workers": 0, "total_steps": 400, "log_every": 10, "val_every": 50,
-        "checkpoint_every": 100, "val_slices": 6,
+        "d_norm": "batch", "d_window": True, "d_condition": "body-part", "body_part_batches": True,
+        "num_workers": 0, "total_steps": 400, "log_every": 10, "val_every": 50, "checkpoint_every": 100,
+        "val_slices": 6,
     },
 }
 
@@ -284,4 +293,4 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "MODEL_SELECT", "config_diff", "read_config_file"]
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "D_CONDITIONS", "MODEL_SELECT", "config_diff", "read_config_file"]

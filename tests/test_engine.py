@@ -51,7 +51,7 @@ def test_a_few_steps_lower_the_cycle_loss(manifest):
     model = CycleGAN(cfg, torch.device("cpu"), total_steps=100, decay_steps=0)
     batches = UnpairedBatches(cfg, split_records(manifest, "train_ld", "ld", "low"),
                               split_records(manifest, "train_fd", "fd", "full"))
-    ld0, fd0 = next(iter(batches.epoch(0)))
+    ld0, fd0 = next(iter(batches.epoch(0)))[:2]
 
     def cycle() -> float:
         with torch.no_grad():
@@ -60,8 +60,8 @@ def test_a_few_steps_lower_the_cycle_loss(manifest):
 
     before = cycle()
     for epoch in range(5):
-        for ld, fd in batches.epoch(epoch):
-            losses = model.train_step(ld, fd)
+        for batch in batches.epoch(epoch):
+            losses = model.train_step(*batch)
     after = cycle()
     print(f"cycle L1 on a fixed batch: {before:.4f} -> {after:.4f} after 20 steps")
     assert torch.isfinite(losses).all()
@@ -159,9 +159,9 @@ def test_non_finite_loss_stops_with_a_clear_error(manifest, tmp_path, monkeypatc
     real_step = CycleGAN.train_step
     calls = {"n": 0}
 
-    def poisoned(self, ld, fd):
+    def poisoned(self, *batch):
         calls["n"] += 1
-        out = real_step(self, ld, fd)
+        out = real_step(self, *batch)
         if calls["n"] == 2:
             out[5] = float("nan")  # loss_d
         return out

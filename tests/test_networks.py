@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldct_monai.engine import DiscriminatorPair, GeneratorPair, ImagePool, lr_factor
+from ldct_monai.engine import (
+    CycleGAN,
+    DiscriminatorPair,
+    GeneratorPair,
+    ImagePool,
+    condition_planes,
+    discriminator_view,
+    lr_factor,
+    reading_window_channel,
+)
+from ldct_monai.errors import InputError
 from ldct_monai.networks import ResNetGenerator, make_discriminator
 from ldct_monai.train_config import TrainConfig
 
@@ -50,7 +60,8 @@ def test_patchgan_logits_shape():
 
 
 def test_pairs_produce_every_image_of_a_step():
-    cfg = TrainConfig.from_preset("cpu-small", manifest="m", out="o", ngf=4, n_blocks=1, ndf=4)
+    cfg = TrainConfig.from_preset("cpu-small", manifest="m", out="o", ngf=4, n_blocks=1, ndf=4, d_window=False,
+                                  d_condition="none")  # plain 1-channel discriminators
     gens, discs = GeneratorPair(cfg).eval(), DiscriminatorPair(cfg).eval()
     ld, fd = torch.rand(2, 1, 32, 32) - 0.5, torch.rand(3, 1, 32, 32) - 0.5
     with torch.no_grad():
@@ -86,7 +97,8 @@ def test_lr_constant_then_linear_to_zero():
 
 @pytest.mark.parametrize("d_norm", ["instance", "batch", "none"])
 def test_discriminator_norms_and_fakes_judged_in_mixed_batches(d_norm):
-    cfg = TrainConfig.from_preset("cpu-small", manifest="m", out="o", ndf=4, d_norm=d_norm, patch_size=32)
+    cfg = TrainConfig.from_preset("cpu-small", manifest="m", out="o", ndf=4, d_norm=d_norm, patch_size=32,
+                                  d_window=False, d_condition="none")
     torch.manual_seed(0)
     discs = DiscriminatorPair(cfg)
     norms = {type(m).__name__ for m in discs.modules() if "Norm" in type(m).__name__}
@@ -98,3 +110,58 @@ def test_discriminator_norms_and_fakes_judged_in_mixed_batches(d_norm):
     assert torch.allclose(j_ld, f_ld, atol=1e-6)  # always the fake half of the real+fake batch ...
     # ... which for per-image norms is the same as judging the fakes alone; for batch norm it is not
     assert torch.allclose(j_ld, alone, atol=1e-5) == (d_norm != "batch")
+
+
+def test_body_part_planes_follow_the_labels():
+    images = torch.rand(4, 1, 8, 8)
+    out = condition_planes(images, torch.tensor([0, 2, -1, 1]))
+    assert out.shape == (4, 4, 8, 8) and torch.equal(out[:, :1], images)
+    assert out[:, 1:, 3, 5].tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0]]  # C, N, unknown, L
+    assert torch.equal(out[:, 1:].amax(dim=(2, 3)), out[:, 1:].amin(dim=(2, 3)))  # constant planes
+    with pytest.raises(InputError, match="need the body part"):
+        condition_planes(images, None)
+    with pytest.raises(InputError, match="3 labels for 4 images"):
+        condition_planes(images, torch.tensor([0, 1, 2]))
+
+
+def test_conditioned_step_pools_fakes_with_their_source_body_part():
+    cfg = TrainConfig.from_preset("cpu-small", manifest="m", out="o", ngf=4, n_blocks=1, ndf=4, patch_size=32,
+                                  d_condition="body-part", d_window=False, pool_size=8)
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=10, decay_steps=0)
+    assert model.discs.d_fd.initial_conv.conv.in_channels == 4
+    ld, fd = torch.rand(4, 1, 32, 32) - 0.6, torch.rand(4, 1, 32, 32) - 0.6
+    ld_bp, fd_bp = torch.tensor([2, 2, 0, 0]), torch.tensor([1, 1, 1, -1])
+    assert torch.isfinite(model.train_step(ld, fd, ld_bp, fd_bp)).all()
+    pooled_fd = torch.cat(model.pool_fd.images)  # G(LD): judged as full dose of the LD patch's body part
+    pooled_ld = torch.cat(model.pool_ld.images)  # F(FD): low dose of the FD patch's body part
+    assert pooled_fd[:, 1:, 0, 0].tolist() == [[0, 0, 1], [0, 0, 1], [1, 0, 0], [1, 0, 0]]
+    assert pooled_ld[:, 1:, 0, 0].tolist() == [[0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]]
+    # the label changes the verdict on the same image: the planes reach the logits
+    d = model.discs.eval()
+    with torch.no_grad():
+        head, chest = d.d_fd(condition_planes(ld, ld_bp * 0 + 2))[-1], d.d_fd(condition_planes(ld, ld_bp * 0))[-1]
+    assert not torch.allclose(head, chest)
+    with pytest.raises(InputError, match="need the body part"):
+        model.train_step(ld, fd)
+
+
+def test_reading_window_view_uses_each_body_part_window():
+    from ldct_monai.config import HUWindow
+    from ldct_monai.metrics import LDCTBENCH_WINDOWS, body_part_of
+
+    hu_window = HUWindow()
+    unit = lambda hu: (hu + 1024.0) / 4095.0 * 2.0 - 1.0  # noqa: E731  network units of the full range
+    for idx, code in enumerate("CLN"):
+        w = LDCTBENCH_WINDOWS[body_part_of(code)]
+        hu = torch.tensor([w.lower - 50, w.lower, w.center - 0.5, w.upper, w.upper + 50])
+        out = reading_window_channel(unit(hu).view(1, 1, 1, -1), torch.tensor([idx]), hu_window)
+        assert torch.allclose(out.view(-1), torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]), atol=1e-4), code
+    x = torch.rand(2, 1, 4, 4) * 2 - 1
+    assert torch.equal(reading_window_channel(x, torch.tensor([-1, -1]), hu_window), x)  # unknown: unwindowed
+    # head noise of 11 HU becomes ~50x larger in the head window than in network units
+    head = reading_window_channel(unit(torch.tensor([40.0, 51.0])).view(1, 1, 1, 2), torch.tensor([2]), hu_window)
+    assert float(head[0, 0, 0, 1] - head[0, 0, 0, 0]) > 50 * float(unit(torch.tensor(51.0)) - unit(torch.tensor(40.0)))
+    cfg = TrainConfig.from_preset("cpu-small", manifest="m", out="o", ndf=4, d_window=True, d_condition="body-part")
+    view = discriminator_view(x, torch.tensor([2, 0]), cfg)
+    assert view.shape == (2, 5, 4, 4) and DiscriminatorPair(cfg).in_channels == 5
+    assert torch.equal(view[:, 0:1], x) and view[0, 4].eq(1).all() and view[1, 2].eq(1).all()

@@ -61,10 +61,10 @@ def step_flops(config, device) -> float:
     from ldct_monai.engine import CycleGAN
 
     model = CycleGAN(config.replace(precision="fp32", compile=False, channels_last=False), device, 1000, 500)
-    ld, fd = _batch(config, device)
+    batch = _batch(config, device)
     counter = FlopCounterMode(display=False)
     with counter:
-        model.train_step(ld, fd)
+        model.train_step(*batch)
     del model
     return float(counter.get_total_flops())
 
@@ -76,7 +76,8 @@ def _batch(config, device):
     shape = (config.batch_size, 1, config.patch_size, config.patch_size)
     ld = (torch.rand(shape, generator=g) * 0.4 - 0.6).to(device)
     fd = (torch.rand(shape, generator=g) * 0.2 - 0.5).to(device)
-    return ld, fd
+    parts = torch.arange(config.batch_size) % 3  # body-part labels (used by body-part-conditioned discriminators)
+    return ld, fd, parts, parts.flip(0)
 
 
 def time_steps(configs: list, device, steps: int = 5, warmup: int = 2) -> list[float]:
@@ -91,10 +92,10 @@ def time_steps(configs: list, device, steps: int = 5, warmup: int = 2) -> list[f
     batches = [_batch(cfg, device) for cfg in configs]
     times: list[list[float]] = [[] for _ in configs]
     for i in range(warmup + steps):
-        for j, (model, (ld, fd)) in enumerate(zip(models, batches, strict=True)):
+        for j, (model, batch) in enumerate(zip(models, batches, strict=True)):
             _sync(device)
             t = time.perf_counter()
-            model.train_step(ld, fd).tolist()
+            model.train_step(*batch).tolist()
             _sync(device)
             if i >= warmup:
                 times[j].append(time.perf_counter() - t)

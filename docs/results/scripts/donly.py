@@ -21,7 +21,7 @@ opt = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
 adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
 step = 0; t = time.time()
 for ep in range(20):
-    for ld, fd in b.epoch(ep):
+    for ld, fd, *_ in b.epoch(ep):
         # "real" = FD, "fake" = LD : can D tell noise levels apart?
         out = d(scale * torch.cat([fd, ld]))[-1]
         loss = 0.5 * (adv(out[:fd.shape[0]], True, True) + adv(out[fd.shape[0]:], False, True))
