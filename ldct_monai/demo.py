@@ -31,7 +31,7 @@ class DemoConfig:
     preset: str = "cpu-small"  # training preset (ldct_monai.train_config.PRESETS)
     device: str = "auto"  # cuda when present: the demo uses a GPU automatically
     precision: str = "auto"  # training precision; auto = bf16 where it runs natively (CUDA, AVX-512-BF16/AMX CPUs), else fp32
-    model_select: str = "val-noise"  # export the generator whose val noise is nearest FD's (step 0 = identity included)
+    model_select: str = "last"  # the end of the lr schedule (Zhu et al.); val-noise picked a worse step in 1 of 3 runs (docs/results.md)
     eval_slices: int | None = None  # test pairs evaluated; None = all
     baselines: tuple[str, ...] = ("gaussian", "nlm")  # classical filters reported beside the model
     quick: bool = False  # reduced run (CI, smoke tests): tiny model and patches; its numbers mean little

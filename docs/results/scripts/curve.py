@@ -1,6 +1,6 @@
 """docs/results/test_psnr_vs_steps.png from the ck_curve.csv files written by ckeval.py.
 
-Usage: PYTHONPATH=. python docs/results/scripts/curve.py   (runs in /tmp/q/r_*, as in docs/results.md)
+Usage: PYTHONPATH=. python docs/results/scripts/curve.py   (runs in /tmp/q/r_* and /tmp/x/r_*, as in docs/results.md)
 """
 from pathlib import Path
 
@@ -18,3 +18,20 @@ for r, label in [("r_base", "fp32 400 (old preset)"), ("r_bf16", "bf16 600"), ("
     series[label] = [max(float(g[s]), -3.0) if s in g.index else np.nan for s in xs]  # clip the step-50 collapse
 curve_figure(xs, series, Path("docs/results/test_psnr_vs_steps.png"), ylabel="test PSNR - LD PSNR, full range (dB)",
              title="demo data, cpu-small checkpoints (clipped at -3 dB)")
+
+# After the discriminators learned to see body parts (docs/training.md, "Several body parts"): runs in /tmp/x.
+xs2 = list(range(150, 401, 50))
+for conv, fname, ylabel in (("full", "test_psnr_vs_steps_body_parts.png", "test PSNR - LD PSNR, full range (dB)"),
+                            ("ldctbench", "test_psnr_vs_steps_body_parts_window.png", "test PSNR - LD PSNR, LDCTBench window (dB)")):
+    series = {}
+    for r, label in [("r_win", "cpu-small now: window + body-part planes + body-part batches"),
+                     ("r_win_nob", "window + body-part planes, mixed batches"),
+                     ("r_win_s1", "cpu-small now, seed 1")]:
+        path = Path(f"/tmp/x/{r}/ck_curve.csv")
+        if not path.exists():
+            continue
+        c = pd.read_csv(path).set_index("step")
+        g = c[f"all_model_psnr_{conv}"] - c[f"all_input_psnr_{conv}"]
+        series[label] = [float(g[s]) if s in g.index else np.nan for s in xs2]
+    curve_figure(xs2, series, Path("docs/results") / fname, ylabel=ylabel,
+                 title="demo data (18 test slices), cpu-small checkpoints")
