@@ -225,7 +225,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Chest, abdomen and head together (their noise levels overlap) learn only when the discriminators see
     # each patch in its body part's reading window, know the body part, and each step holds one body part
     # (docs/training.md, "Several body parts"). Validation on 6 slices per dose covers C, L and N.
-    # `ldct-monai demo` adds model_select val-noise (docs/results.md).
     "cpu-small": {
         "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ngf": 16, "n_blocks": 3, "ndf": 16,
         "d_norm": "batch", "d_window": True, "d_condition": "body-part", "body_part_batches": True,
