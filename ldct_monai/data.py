@@ -8,7 +8,11 @@ Each stream is a manifest split (``train_ld.csv`` / ``train_fd.csv``) turned int
    derived from (run seed, stream, epoch, slice index) -- so a sample never depends on the number of
    loader workers, their scheduling, or whether the run was resumed;
 3. a ``DataLoader`` per stream over a :class:`ResumableSampler` (a ``DistributedSampler``: shuffled
-   per epoch, sharded across DDP ranks, and able to start mid-epoch for an exact ``--resume``).
+   per epoch, sharded across DDP ranks, and able to start mid-epoch for an exact ``--resume``), or,
+   with ``--body-part-batches``, a :class:`BodyPartBatchSampler` (one body part per step, the same in
+   both streams; sharded and resumable alike).
+
+Every patch carries its slice's body part (the manifest's ``body_part`` column) to the :class:`Batch`.
 
 RAM for ``--cache memory``: one float32 copy of every training slice, 1 MiB per 512 x 512 slice.
 The full TCIA LDCT set (~299 exams, ~100k training slices of one dose each) needs ~100 GiB; use
@@ -173,7 +177,8 @@ class BodyPartBatchSampler(Sampler[list[int]]):
     With ``body_part_batches`` the two streams' samplers share a per-epoch schedule of body parts
     (a seeded permutation of the body parts both streams have, repeated round-robin, so each gets an
     equal share of the steps), and each stream draws that step's slices from a shuffled, cycled list of
-    its own slices of that body part. A batch-norm discriminator then normalises over patches of one
+    its own slices of that body part (a slice drawn twice in one epoch gives the same patches: the
+    patch seed is per epoch and slice). A batch-norm discriminator then normalises over patches of one
     anatomy, and each step asks it one question ("full-dose noise of *this* body part?") instead of
     comparing chest noise with head noise. DDP: every rank computes the same chunk of
     ``slices_per_batch * world_size`` slices per step and takes its own share.

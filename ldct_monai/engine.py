@@ -318,7 +318,8 @@ class CycleGAN:
         # --- discriminators: real vs pooled fakes, halved as in Zhu et al. ---
         _set_requires_grad(self.discs, True)
         self.opt_d.zero_grad(set_to_none=True)
-        # The pools keep each fake with its body-part planes, so a pooled image is judged with its own label.
+        # The pools keep each fake as its discriminator view (window channel, body-part planes): a pooled image
+        # is judged with its own body part.
         fake_ld = self.pool_ld.query(self._cond(out["fake_ld"].detach(), fd_body_part))
         fake_fd = self.pool_fd.query(self._cond(out["fake_fd"].detach(), ld_body_part))
         with autocast(self.device, cfg.precision):
