@@ -35,3 +35,13 @@ for conv, fname, ylabel in (("full", "test_psnr_vs_steps_body_parts.png", "test 
         series[label] = [float(g[s]) if s in g.index else np.nan for s in xs2]
     curve_figure(xs2, series, Path("docs/results") / fname, ylabel=ylabel,
                  title="demo data (18 test slices), cpu-small checkpoints")
+
+# The longer CPU run (docs/results.md section 6): /tmp/long/curve512.csv written by docs/results/scripts/watch512.py.
+long_csv = Path("/tmp/long/curve512.csv")
+if long_csv.exists():
+    c = pd.read_csv(long_csv).sort_values("step")
+    series = {f"{name}, {conv}": c[f"{bp}_psnr_{conv}_gain"].tolist()
+              for bp, name in (("all", "all 27"), ("N", "head 9"))
+              for conv in ("full", "ldctbench")}
+    curve_figure(c["step"].tolist(), series, Path("docs/results/test_psnr_vs_steps_long.png"),
+                 ylabel="test PSNR - LD PSNR (dB)", title="cpu-small, 5000 bf16 steps (43.6 min): 512 px set")
