@@ -43,7 +43,7 @@ from ldct_monai.train_config import RESUMABLE_CHANGES, TrainConfig, config_diff
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("loss_g", "adv_g", "cycle", "identity", "identity_l1", "loss_d", "d_ld", "d_fd")
+LOSS_NAMES = ("loss_g", "adv_g", "cycle", "identity", "identity_l1", "loss_d", "d_ld", "d_fd", "fidelity_lf")
 
 
 # --------------------------------------------------------------------------------------------- modules
@@ -66,6 +66,17 @@ class GeneratorPair(nn.Module):
             out["idt_fd"] = self.ld2fd(fd)  # G(FD) should stay FD
             out["idt_ld"] = self.fd2ld(ld)  # F(LD) should stay LD
         return out
+
+
+def low_frequency_l1(output: torch.Tensor, source: torch.Tensor, pool: int) -> torch.Tensor:
+    """L1 between ``pool`` x ``pool`` average-pooled ``output`` and ``source``: a fidelity term on what is not noise.
+
+    CT noise is high-frequency; HU level and anatomy are not. Averaging over pool x pool pixels removes most
+    of the noise and keeps both, so this term lets a generator remove noise but not shift intensities
+    (the global offsets measured in docs/results.md section 6) or move structures.
+    """
+    f = torch.nn.functional.avg_pool2d
+    return (f(output, pool) - f(source, pool)).abs().mean()
 
 
 def condition_planes(images: torch.Tensor, body_part: torch.Tensor | None) -> torch.Tensor:
@@ -309,7 +320,10 @@ class CycleGAN:
         zero = cycle.new_zeros(())
         identity = (self.ssim(o["idt_fd"], fd) + self.ssim(o["idt_ld"], ld)) if cfg.lambda_identity > 0 else zero
         identity_l1 = (self.l1(o["idt_fd"], fd) + self.l1(o["idt_ld"], ld)) if cfg.lambda_identity_l1 > 0 else zero
-        loss_g = adv_g + cfg.lambda_cycle * cycle + cfg.lambda_identity * identity + cfg.lambda_identity_l1 * identity_l1
+        fidelity_lf = (low_frequency_l1(o["fake_fd"], ld, cfg.fidelity_pool) + low_frequency_l1(o["fake_ld"], fd, cfg.fidelity_pool)
+                       ) if cfg.lambda_fidelity_lf > 0 else zero
+        loss_g = (adv_g + cfg.lambda_cycle * cycle + cfg.lambda_identity * identity + cfg.lambda_identity_l1 * identity_l1
+                  + cfg.lambda_fidelity_lf * fidelity_lf)
         self.scaler.scale(loss_g).backward()
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.opt_g)
@@ -335,7 +349,7 @@ class CycleGAN:
         self.scaler.update()
         self.sched_g.step()
         self.sched_d.step()
-        return torch.stack([loss_g, adv_g, cycle, identity, identity_l1, loss_d, d_ld, d_fd]).detach().float()
+        return torch.stack([loss_g, adv_g, cycle, identity, identity_l1, loss_d, d_ld, d_fd, fidelity_lf]).detach().float()
 
     @torch.no_grad()
     def validate(self, val: dict[str, list[torch.Tensor]], window) -> tuple[dict[str, float], list]:

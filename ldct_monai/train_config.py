@@ -78,6 +78,8 @@ class TrainConfig:
     lambda_cycle: float = 10.0  # cycle L1 weight (Zhu et al., MathWorks)
     lambda_identity: float = 5.0  # identity 1-SSIM weight: 0.5 x lambda_cycle as Zhu et al.'s identity term
     lambda_identity_l1: float = 0.0  # optional identity L1 weight (off: SSIM alone, as in the MathWorks example)
+    lambda_fidelity_lf: float = 0.0  # weight of L1 between pooled G(LD) and LD (and F(FD), FD): keeps HU level, not noise
+    fidelity_pool: int = 8  # pixels averaged per side for lambda_fidelity_lf (noise is high-frequency)
 
     # --- optimisation ---
     lr: float = 2e-4  # Adam learning rate (Zhu et al., MathWorks)
@@ -121,7 +123,7 @@ class TrainConfig:
             p.append(f"upsample must be resize or transpose, found {self.upsample!r}")
         if self.patch_size < 16 or self.patch_size % 4:
             p.append(f"patch_size must be a multiple of 4 and >= 16, found {self.patch_size}")
-        for name in ("patches_per_slice", "batch_size", "ngf", "ndf", "d_layers", "patch_tries", "epochs",
+        for name in ("patches_per_slice", "batch_size", "ngf", "ndf", "d_layers", "patch_tries", "epochs", "fidelity_pool",
                      "log_every", "val_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be >= 1, found {getattr(self, name)}")
@@ -131,6 +133,8 @@ class TrainConfig:
         if self.d_layers >= 1 and self.patch_size < 3 * 2**self.d_layers:
             p.append(f"patch_size must be >= {3 * 2**self.d_layers} for a {self.d_layers}-layer PatchGAN "
                      f"(its deepest features need > 1 pixel for instance norm), found {self.patch_size}")
+        if self.lambda_fidelity_lf > 0 and self.fidelity_pool > self.patch_size:
+            p.append(f"fidelity_pool ({self.fidelity_pool}) must be <= patch_size ({self.patch_size})")
         if self.batch_size % self.patches_per_slice:
             p.append(f"batch_size ({self.batch_size}) must be a multiple of patches_per_slice ({self.patches_per_slice})")
         if self.decay_epochs > self.epochs:

@@ -165,3 +165,18 @@ def test_reading_window_view_uses_each_body_part_window():
     view = discriminator_view(x, torch.tensor([2, 0]), cfg)
     assert view.shape == (2, 5, 4, 4) and DiscriminatorPair(cfg).in_channels == 5
     assert torch.equal(view[:, 0:1], x) and view[0, 4].eq(1).all() and view[1, 2].eq(1).all()
+
+
+def test_low_frequency_fidelity_ignores_noise_but_not_offsets():
+    from ldct_monai.engine import low_frequency_l1
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.avg_pool2d(torch.rand(4, 1, 72, 72, generator=g), 9, stride=1)  # smooth 64 x 64 "anatomy"
+    sigma = 0.02
+    noisy = image + sigma * torch.randn(image.shape, generator=g)
+    shifted = image + sigma  # the same RMS change, as a global offset
+    assert float(low_frequency_l1(image, image, 8)) == 0.0
+    assert float(low_frequency_l1(noisy, image, 8)) < 0.15 * float(low_frequency_l1(shifted, image, 8))
+    assert abs(float(low_frequency_l1(shifted, image, 8)) - sigma) < 1e-6  # an offset passes the pooling whole
+    with pytest.raises(InputError, match=r"fidelity_pool \(128\) must be <= patch_size \(64\)"):
+        TrainConfig.from_preset("cpu-small", lambda_fidelity_lf=1.0, fidelity_pool=128)
