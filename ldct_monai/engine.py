@@ -286,9 +286,9 @@ class CycleGAN:
 
     def _cond(self, images: torch.Tensor, body_part: torch.Tensor | None) -> torch.Tensor:
         """What the discriminators see: the images, plus body-part planes when they are conditioned."""
-        if self.config.d_condition == "body-part" or self.config.d_window:
-            return discriminator_view(images, body_part, self.config).contiguous(memory_format=self.memory_format)
-        return images
+        if discriminator_channels(self.config) == 1:
+            return images
+        return discriminator_view(images, body_part, self.config).contiguous(memory_format=self.memory_format)
 
     def train_step(self, ld: torch.Tensor, fd: torch.Tensor, ld_body_part: torch.Tensor | None = None,
                    fd_body_part: torch.Tensor | None = None) -> torch.Tensor:

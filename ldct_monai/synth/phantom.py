@@ -271,12 +271,20 @@ def _lesions(ph: Phantom, rng: np.random.Generator, organ: Shape, count: int, ba
         ph.lesions.append((x, y, z, rad, contrast))
 
 
-def _abdomen(rng: np.random.Generator) -> Phantom:
+def _torso(rng: np.random.Generator, part: BodyPart, a0: float, b0: float, fov: tuple[float, float],
+           fat_mm: tuple[float, float], muscle: float) -> tuple[Phantom, float, float, float, float]:
+    """A torso of random scale s: semi-axes a0, b0 (mm, jittered), FOV clipped to ``fov``, fat layer and
+    muscle wall (``_body_wall``). Returns (phantom, s, a, b, fat)."""
     s = float(rng.uniform(0.85, 1.15))
-    a, b = 165 * s * float(rng.uniform(0.95, 1.05)), 118 * s * float(rng.uniform(0.92, 1.08))
-    ph = Phantom(BodyPart.ABDOMEN, fov=float(np.clip(2 * a + 50, 340, 460)))
-    fat = float(rng.uniform(12, 35)) * s
-    _body_wall(ph, rng, a, b, fat, muscle=12.0)
+    a, b = a0 * s * float(rng.uniform(0.95, 1.05)), b0 * s * float(rng.uniform(0.92, 1.08))
+    ph = Phantom(part, fov=float(np.clip(2 * a + 50, *fov)))
+    fat = float(rng.uniform(*fat_mm)) * s
+    _body_wall(ph, rng, a, b, fat, muscle=muscle)
+    return ph, s, a, b, fat
+
+
+def _abdomen(rng: np.random.Generator) -> Phantom:
+    ph, s, a, b, fat = _torso(rng, BodyPart.ABDOMEN, 165, 118, (340, 460), (12, 35), muscle=12.0)
     inner_b = b - fat - 12
     # paraspinal muscles and psoas
     for side in (-1, 1):
@@ -320,11 +328,7 @@ def _abdomen(rng: np.random.Generator) -> Phantom:
 
 
 def _chest(rng: np.random.Generator) -> Phantom:
-    s = float(rng.uniform(0.85, 1.15))
-    a, b = 160 * s * float(rng.uniform(0.95, 1.05)), 112 * s * float(rng.uniform(0.92, 1.08))
-    ph = Phantom(BodyPart.CHEST, fov=float(np.clip(2 * a + 50, 330, 450)))
-    fat = float(rng.uniform(8, 25)) * s
-    _body_wall(ph, rng, a, b, fat, muscle=16.0)
+    ph, s, a, b, fat = _torso(rng, BodyPart.CHEST, 160, 112, (330, 450), (8, 25), muscle=16.0)
     ib = b - fat - 16
     ia = a - fat - 16
     # ribs on a ring just inside the chest wall, sternum in front
