@@ -29,8 +29,9 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ldct_monai.errors import InputError, OutputExistsError
 
@@ -417,6 +418,88 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class TreeListing(NamedTuple):
+    """What :func:`list_tree` found: files and the symbolic links to folders it met (all relative to the root)."""
+
+    files: list[str]  # regular files (and links to files), sorted, '/'-separated
+    links_followed: list[str]  # links to folders that were searched
+    links_skipped: list[str]  # links to folders already searched (loops, or a second way into one folder)
+
+
+def list_tree(
+    root: Path, exclude: Sequence[Path] = (), on_progress: Callable[[int], None] | None = None
+) -> TreeListing:
+    """Every regular file under ``root``, following symbolic links to folders, each real folder once.
+
+    The real tree is listed first, then the folders that links lead to, so a file reachable both ways is
+    listed under its real path; a link into a folder already searched (a loop such as ``series/up -> ..``)
+    is not followed but reported in ``links_skipped``. Folders in ``exclude`` (e.g. a manifest written
+    inside the data root) are not entered. ``on_progress`` gets the number of files found so far after
+    each folder. Unreadable folders are passed over (their files could not be read either).
+    """
+    root_abs = os.path.abspath(root)
+    excluded = set()
+    for p in exclude:
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            excluded.add((st.st_dev, st.st_ino))
+    visited: set[tuple[int, int]] = set()
+    files: list[str] = []
+    followed: list[str] = []
+    skipped: list[str] = []
+    links: list[tuple[str, str]] = []  # (relative path, path) of links to folders, followed after the real tree
+
+    def walk(start: str, start_rel: str) -> None:
+        stack = [(start, start_rel)]
+        while stack:
+            d, rel = stack.pop()
+            try:
+                st = os.stat(d)
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in visited or key in excluded:
+                continue
+            visited.add(key)
+            subdirs = []
+            for e in entries:
+                erel = f"{rel}/{e.name}" if rel else e.name
+                try:
+                    if e.is_symlink():
+                        if e.is_dir():
+                            links.append((erel, e.path))
+                        elif e.is_file():
+                            files.append(erel)
+                    elif e.is_dir(follow_symlinks=False):
+                        subdirs.append((e.path, erel))
+                    elif e.is_file(follow_symlinks=False):
+                        files.append(erel)
+                except OSError:
+                    continue
+            stack.extend(reversed(subdirs))
+            if on_progress is not None:
+                on_progress(len(files))
+
+    walk(root_abs, "")
+    while links:
+        rel, path = links.pop(0)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in excluded:
+            continue
+        if key in visited:
+            skipped.append(rel)
+            continue
+        followed.append(rel)
+        walk(path, rel)
+    files.sort()
+    return TreeListing(files, followed, skipped)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

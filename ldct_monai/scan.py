@@ -30,6 +30,8 @@ from typing import NamedTuple
 from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE
 from ldct_monai.errors import LdctError
 
+log = logging.getLogger(__name__)
+
 # Reasons a file is not used, in the order the checks run (file-level ones first, then the manifest
 # stage's series-, patient- and split-level ones). skipped.csv uses these exact strings.
 REASONS: dict[str, str] = {
@@ -136,6 +138,16 @@ class Skip(NamedTuple):
     detail: str
 
 
+class Note(NamedTuple):
+    """Something done to a usable file that the user should hear about (e.g. a minted UID); logged, not skipped."""
+
+    path: str
+    what: str
+
+
+_NOTES: list[Note] = []  # filled by _read_header, drained by read_chunk (one list per worker process)
+
+
 class _Reject(Exception):
     """Internal: a file-level rejection carrying (reason, detail)."""
 
@@ -158,34 +170,26 @@ def list_files(
 ) -> list[str]:
     """All regular files under ``data_root``, as sorted '/'-separated paths relative to it.
 
-    Directory symlinks are not followed (no loops); file symlinks are listed. Folders in ``exclude``
-    (e.g. a manifest folder written inside the data root) are not entered. ``on_progress`` gets the
-    number of files found so far after each folder (listing a million files on a network share takes
-    a while).
+    Symbolic links to folders are followed, each real folder once (``io_utils.list_tree``): a link that
+    leads back into a folder already searched (a loop) is not followed, and both kinds are logged. File
+    symlinks are listed. Folders in ``exclude`` (e.g. a manifest folder written inside the data root) are
+    not entered. ``on_progress`` gets the number of files found so far after each folder (listing a million
+    files on a network share takes a while).
     """
-    root = os.path.abspath(data_root)
-    excluded = {os.path.abspath(p) for p in exclude}
-    out: list[str] = []
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            entries = list(os.scandir(d))
-        except OSError:
-            continue  # unreadable folder: nothing to list (its files cannot be read either)
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    if e.path not in excluded:
-                        stack.append(e.path)
-                elif e.is_file():
-                    out.append(os.path.relpath(e.path, root).replace(os.sep, "/"))
-            except OSError:
-                continue
-        if on_progress is not None:
-            on_progress(len(out))
-    out.sort()
-    return out
+    from ldct_monai.io_utils import list_tree
+
+    listing = list_tree(Path(data_root), exclude, on_progress)
+    if listing.links_followed:
+        log.info("Followed %d symbolic link(s) to folders under %s: %s", len(listing.links_followed), data_root,
+                 _examples(listing.links_followed))
+    if listing.links_skipped:
+        log.warning("Did not follow %d symbolic link(s) under %s that lead into folders already searched (loops or "
+                    "second paths): %s", len(listing.links_skipped), data_root, _examples(listing.links_skipped))
+    return listing.files
+
+
+def _examples(items: Sequence[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -356,15 +360,32 @@ def _read_header(root: str, rel: str) -> SliceHeader:
         spacing = _numbers(vals, _T_SPACING)
         sop_uid = _text(vals, _T_SOP_UID, "ascii")
         series_uid = _text(vals, _T_SERIES_UID, "ascii")
-        if not sop_uid or not series_uid:
+        study_uid = _text(vals, _T_STUDY_UID, "ascii")
+        if _T_SOP_UID not in vals or _T_SERIES_UID not in vals:
             raise _Reject("missing_geometry", "SOPInstanceUID or SeriesInstanceUID missing")
+        if not sop_uid or not series_uid or (_T_STUDY_UID in vals and not study_uid):
+            # present but empty (anonymised): deterministic UIDs, the same as dicom.reader mints for denoise
+            from ldct_monai.dicom.create import make_uid
+            from ldct_monai.dicom.reader import minted_sop_uid
+
+            minted = []
+            if not sop_uid:
+                sop_uid = minted_sop_uid(Path(path))
+                minted.append("SOPInstanceUID")
+            if not series_uid:
+                series_uid = make_uid("ldct-monai minted SeriesInstanceUID", os.path.realpath(os.path.dirname(path)))
+                minted.append("SeriesInstanceUID")
+            if _T_STUDY_UID in vals and not study_uid:
+                study_uid = make_uid("ldct-monai minted StudyInstanceUID", series_uid)
+                minted.append("StudyInstanceUID")
+            _NOTES.append(Note(rel, "empty " + ", ".join(minted)))
         # Empty PatientID: the top folder under the data root (TCIA layout), else the data root's name.
         patient_id = _text(vals, _T_PATIENT_ID, enc) or (rel.split("/", 1)[0] if "/" in rel else os.path.basename(root))
         instance = _number(vals, _T_INSTANCE)
         return SliceHeader(
             path=rel,
             patient_id=patient_id,
-            study_uid=_text(vals, _T_STUDY_UID, "ascii"),
+            study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
             series_description=description,
@@ -457,8 +478,11 @@ def _z_along_normal(ipp: list[float], iop: list[float]) -> float | None:
     return (ipp[0] * nx + ipp[1] * ny + ipp[2] * nz) / norm
 
 
-def read_chunk(root: str, rels: Sequence[str]) -> list[SliceHeader | Skip]:
-    """Worker task: :func:`read_header` over a chunk of files (plain tuples go back to the parent)."""
+def read_chunk(root: str, rels: Sequence[str]) -> list[SliceHeader | Skip | Note]:
+    """Worker task: :func:`read_header` over a chunk of files (plain tuples go back to the parent).
+
+    :class:`Note` items (after the headers) say what was done to usable files, e.g. UIDs minted.
+    """
     # pydicom warns (and logs) on every odd value (invalid UI, unknown charset): a million such lines
     # help no one; a file that matters ends in skipped.csv with a reason instead.
     pydicom_logger = logging.getLogger("pydicom")
@@ -467,8 +491,11 @@ def read_chunk(root: str, rels: Sequence[str]) -> list[SliceHeader | Skip]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return [read_header(root, rel) for rel in rels]
+            _NOTES.clear()
+            out: list[SliceHeader | Skip | Note] = [read_header(root, rel) for rel in rels]
+            return out + _NOTES
     finally:
+        _NOTES.clear()
         pydicom_logger.setLevel(level)
 
 
@@ -561,6 +588,7 @@ def scan_tree(
         task = bar.add_task("Reading headers", total=len(files), unit="files")
         headers: list[SliceHeader] = []
         skipped: list[Skip] = []
+        notes: list[Note] = []
         intern: dict[str, str] = {}
 
         def shared(s: str) -> str:
@@ -580,6 +608,13 @@ def scan_tree(
                             manufacturer=shared(item.manufacturer),
                         )
                     )
+                elif isinstance(item, Note):
+                    notes.append(item)
                 else:
                     skipped.append(item)
+    if notes:
+        notes.sort()
+        log.warning("%d file(s) have empty UIDs (%s, e.g. %s); minted deterministic 2.25 UIDs for them (SOPInstanceUID "
+                    "from the file's bytes, SeriesInstanceUID from its folder), as denoise does.", len(notes),
+                    notes[0].what, notes[0].path)
     return headers, skipped, len(files)

@@ -67,8 +67,6 @@ def denoise_series(
         InputError: bad series, model, options or output location (nothing is written).
         OutputExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is False.
     """
-    import pydicom
-
     from ldct_monai import __version__
     from ldct_monai.dicom.reader import decode_hu, read_series
     from ldct_monai.dicom.writer import DerivedSeries, write_denoised_slice, write_denoised_slice_from_file
@@ -96,7 +94,7 @@ def denoise_series(
         f"{precision}, {denoiser.mode}. Pixels outside the field of view and above {window.high:g} HU keep "
         "their source values."
     )
-    first = pydicom.dcmread(series.slices[0].path, stop_before_pixels=True)
+    first = series.header(0)  # minted UIDs set, unreadable vendor elements dropped (as the slices are read)
     derived = DerivedSeries.for_source(
         first, what=f"denoised {model.name}", derivation_description=derivation, model_name=model.name
     )

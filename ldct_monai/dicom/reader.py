@@ -4,11 +4,19 @@ The reader works in two passes so that nothing heavy happens before the input is
 
 1. :func:`scan_series` reads only headers (pixel data deferred) of every file under a folder, ignores
    what is not a single-frame CT image (with one warning that names them), and groups slices by
-   SeriesInstanceUID. Truncated files are caught here, from the Pixel Data length in the header.
+   SeriesInstanceUID. Truncated files are caught here, from the Pixel Data length in the header, and so
+   is a CT file cut inside its header. Symbolic links to folders are followed, each real folder once.
+   pydicom's own warnings and log messages about odd files are kept off the console (one warning of
+   ours names the files that were ignored).
 2. :func:`read_series` picks one series, checks it is one consistent volume (sizes, orientation, pixel
    spacing, no duplicate positions, a decodable transfer syntax; every problem collected, then raised
    once), sorts slices by position along the slice normal (``ldct_monai.dicom.core.slice_position``,
    never InstanceNumber or file name) and warns about uneven spacing or gaps.
+
+Files from real scanners: a present-but-empty SOPInstanceUID, SeriesInstanceUID, StudyInstanceUID or
+FrameOfReferenceUID (anonymisers do this) gets a deterministic minted UID (2.25, from the file's bytes or
+its folder) and a warning says so; an element whose value does not fit its VR (vendor private tags with
+odd lengths) is dropped when the slice is read, with a warning, unless the image needs it.
 
 Pixels are decoded one slice at a time (:meth:`CTSeries.read_slice`, :meth:`CTSeries.iter_slices` with
 a bounded read-ahead), so memory does not grow with the length of the series.
@@ -18,8 +26,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
+import hashlib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +44,7 @@ import pydicom.uid
 from pydicom.dataset import Dataset
 
 from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, padding_mask, slice_normal, slice_position, to_hu
+from ldct_monai.dicom.create import make_uid
 from ldct_monai.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -45,6 +57,14 @@ SPACING_REL_TOL = 0.01  # a step differing from the median step by more than 1 %
 ORIENTATION_TOL = 1e-4  # direction cosines equal within this
 PIXEL_SPACING_TOL = 1e-4  # mm
 OUTSIDE_FOV_MAX_HU = -1500.0  # without PixelPaddingValue, a slice minimum at or below this is padding
+MINTED_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
+# Elements reading, HU conversion and the derived series need: one of these with an unreadable value is an error.
+ESSENTIAL = frozenset({
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation",
+    "RescaleSlope", "RescaleIntercept", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
+    "PixelPaddingValue", "PixelPaddingRangeLimit", "NumberOfFrames", "PixelData",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,12 +76,15 @@ class SliceRef:
         sop_instance_uid: SOPInstanceUID of the source slice.
         position: ImagePositionPatient projected on the slice normal, mm (the sort key).
         instance_number: InstanceNumber as found (None when absent); informative only.
+        minted: (keyword, UID) pairs set on the dataset when the slice is read, for UIDs the file holds
+            empty (see :data:`MINTED_KEYWORDS`).
     """
 
     path: Path
     sop_instance_uid: str
     position: float
     instance_number: int | None = None
+    minted: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -85,12 +108,17 @@ class CTSlice:
     stored: np.ndarray
     hu: np.ndarray
     padding: np.ndarray | None
+    dropped: tuple[str, ...] = ()  # elements removed from ``dataset`` because their value does not fit their VR
 
 
 @dataclass
 class _Header:
     path: Path
     ds: Dataset
+    minted: dict[str, str] = field(default_factory=dict)  # keyword -> UID minted for an empty one
+
+    def uid(self, keyword: str) -> str:
+        return self.minted.get(keyword) or str(self.ds.get(keyword, "") or "")
 
 
 @dataclass
@@ -150,6 +178,7 @@ class CTSeries:
         spacing: median distance between neighbouring slices in mm (None for one slice).
         transfer_syntaxes: the transfer syntax UIDs of the files.
         skipped: files under ``root`` that were ignored, with the reason.
+        minted: keyword -> number of files whose empty UID of that keyword was minted.
     """
 
     root: Path
@@ -164,6 +193,7 @@ class CTSeries:
     spacing: float | None
     transfer_syntaxes: tuple[str, ...]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    minted: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -180,6 +210,23 @@ class CTSeries:
             InputError: the file cannot be read or decoded, or it changed since the scan.
         """
         return decode_slice(self.slices[index], index, self.rows, self.columns)
+
+    def header(self, index: int = 0) -> Dataset:
+        """The header of one slice (no pixel data) as the slices are read: minted UIDs set, unreadable elements dropped.
+
+        Raises:
+            InputError: the file cannot be read, or an element the image needs is unreadable.
+        """
+        ref = self.slices[index]
+        try:
+            with quiet_pydicom(warnings_too=False):
+                ds = pydicom.dcmread(ref.path, force=True, stop_before_pixels=True)
+        except Exception as err:  # noqa: BLE001 - pydicom raises many types; all mean "bad file"
+            raise InputError(f"{ref.path}: cannot read the header ({type(err).__name__}: {_first_line(err)}).") from err
+        drop_unreadable(ds, ref.path)
+        for kw, uid in ref.minted:
+            setattr(ds, kw, uid)
+        return ds
 
     def iter_slices(self, read_ahead: int = 4, workers: int = 1) -> Iterator[CTSlice]:
         """Yield decoded slices in sorted order, reading up to ``read_ahead`` slices ahead in threads.
@@ -208,15 +255,90 @@ def decode_slice(ref: SliceRef, index: int, rows: int, columns: int) -> CTSlice:
         InputError: the file cannot be read or decoded, or its size differs.
     """
     try:
-        ds = pydicom.dcmread(ref.path, force=True)  # the scan already accepted it as CT (raw data sets have no preamble)
-        _set_transfer_syntax_if_missing(ds)
-        stored = ds.pixel_array
+        with quiet_pydicom(warnings_too=False):
+            ds = pydicom.dcmread(ref.path, force=True)  # the scan already accepted it as CT (raw data sets have no preamble)
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types; all mean "bad file"
+        raise InputError(f"{ref.path}: cannot read the file ({type(err).__name__}: {_first_line(err)}).") from err
+    dropped = drop_unreadable(ds, ref.path)
+    for kw, uid in ref.minted:
+        setattr(ds, kw, uid)
+    try:
+        with quiet_pydicom(warnings_too=False):
+            _set_transfer_syntax_if_missing(ds)
+            stored = ds.pixel_array
     except Exception as err:  # pydicom and the decoder plugins raise many types; all mean "bad file"
         raise InputError(f"{ref.path}: cannot decode pixel data ({type(err).__name__}: {_first_line(err)}).") from err
     if stored.shape != (rows, columns):
         raise InputError(f"{ref.path}: expected a {rows}x{columns} slice, found pixel array {stored.shape}.")
     hu = to_hu(ds, stored)
-    return CTSlice(index=index, ref=ref, dataset=ds, stored=stored, hu=hu, padding=outside_fov_mask(ds, stored, hu))
+    return CTSlice(index=index, ref=ref, dataset=ds, stored=stored, hu=hu, padding=outside_fov_mask(ds, stored, hu),
+                   dropped=tuple(dropped))
+
+
+def drop_unreadable(ds: Dataset, path: Path | str) -> list[str]:
+    """Remove top-level elements whose value pydicom cannot convert (e.g. a US of 3 bytes); return them.
+
+    Vendors write private elements whose length does not fit their VR; viewers ignore them, and the
+    derived series does not copy private elements anyway. Pixel Data is left alone (decoding checks it).
+
+    Returns:
+        One ``'(gggg,eeee) VR, N bytes'`` string per element dropped.
+
+    Raises:
+        InputError: an element the image needs (:data:`ESSENTIAL`) cannot be read.
+    """
+    dropped = []
+    for tag in list(ds.keys()):
+        if tag == PIXEL_DATA:
+            continue
+        try:
+            ds[tag]
+        except Exception as err:  # noqa: BLE001 - BytesLengthException, ValueError, struct.error ...
+            raw = ds._dict.get(tag)
+            vr, length = getattr(raw, "VR", "?"), getattr(raw, "length", "?")
+            keyword = pydicom.datadict.keyword_for_tag(tag) if not tag.is_private else ""
+            if keyword in ESSENTIAL:
+                raise InputError(f"{path}: {keyword} {tag} has {length} bytes, which do not fit its VR {vr} "
+                                 f"({type(err).__name__}).") from err
+            del ds[tag]
+            dropped.append(f"{tag} {vr}, {length} bytes")
+    return dropped
+
+
+_QUIET_LOCK = threading.Lock()
+_quiet_users = 0
+_saved_level = logging.NOTSET
+
+
+@contextlib.contextmanager
+def quiet_pydicom(warnings_too: bool = True) -> Iterator[None]:
+    """Keep pydicom's log messages (and, with ``warnings_too``, its UserWarnings) about odd files off the console.
+
+    pydicom logs and warns for every odd value (invalid UI, unknown character set, VR mismatch): a folder of
+    junk ``.dcm`` files would flood the console. The log level is restored when the last user leaves
+    (safe across reading threads); ``warnings_too`` changes the process-wide warning filters, so it is only
+    used on the calling thread's own scan. Our own RuntimeWarnings still pass.
+    """
+    global _quiet_users, _saved_level
+    logger = logging.getLogger("pydicom")
+    with _QUIET_LOCK:
+        if _quiet_users == 0:
+            _saved_level = logger.level
+            logger.setLevel(logging.ERROR)
+        _quiet_users += 1
+    try:
+        if warnings_too:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning)
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                yield
+        else:
+            yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                logger.setLevel(_saved_level)
 
 
 def decode_hu(ref: SliceRef, index: int, rows: int, columns: int) -> np.ndarray:
@@ -256,24 +378,60 @@ def scan_series(root: str | Path) -> ScanResult:
     Raises:
         InputError: ``root`` is not a folder.
     """
+    from ldct_monai.io_utils import list_tree
+
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: series folder does not exist.")
     if not root.is_dir():
         raise InputError(f"{root}: expected a folder with DICOM files, found a file.")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    listing = list_tree(root)
+    files = [root / rel for rel in listing.files]
     series: dict[str, list[_Header]] = collections.defaultdict(list)
-    skipped: list[tuple[Path, str]] = []
+    skipped: list[tuple[Path, str]] = [(root / rel, "symbolic link into a folder already searched (not followed)")
+                                       for rel in listing.links_skipped]
     broken: list[tuple[Path, str, str | None]] = []
-    for path in files:
-        hdr, reason, uid = _read_header(path)
-        if reason is not None and reason.startswith("!"):
-            broken.append((path, reason[1:], uid))
-        elif hdr is None:
-            skipped.append((path, reason or "not usable"))
-        else:
-            series[str(hdr.ds.SeriesInstanceUID)].append(hdr)
+    if listing.links_followed:
+        log.info("%s: followed %d symbolic link(s) to folders: %s", root, len(listing.links_followed),
+                 ", ".join(listing.links_followed[:3]) + (", ..." if len(listing.links_followed) > 3 else ""))
+    with quiet_pydicom():
+        for path in files:
+            hdr, reason, uid = _read_header(path)
+            if reason is not None and reason.startswith("!"):
+                broken.append((path, reason[1:], uid))
+            elif hdr is None:
+                skipped.append((path, reason or "not usable"))
+            else:
+                series[_mint_uids(hdr)].append(hdr)
     return ScanResult(root=root, series=dict(series), skipped=skipped, broken=broken)
+
+
+def _mint_uids(hdr: _Header) -> str:
+    """Mint deterministic UIDs for the empty ones of ``hdr`` (see :data:`MINTED_KEYWORDS`); return its series UID.
+
+    SOPInstanceUID comes from the file's bytes (the same file gets the same UID in every run and in
+    ``build-manifest``); SeriesInstanceUID from the real path of the file's folder (one series per folder);
+    StudyInstanceUID and FrameOfReferenceUID from the series UID.
+    """
+    ds = hdr.ds
+    if not str(ds.get("SOPInstanceUID", "") or "").strip():
+        hdr.minted["SOPInstanceUID"] = minted_sop_uid(hdr.path)
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    if not series_uid:
+        series_uid = hdr.minted["SeriesInstanceUID"] = make_uid("ldct-monai minted SeriesInstanceUID", os.path.realpath(hdr.path.parent))
+    for kw in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        if kw in ds and not str(ds.get(kw, "") or "").strip():
+            hdr.minted[kw] = make_uid(f"ldct-monai minted {kw}", series_uid)
+    return series_uid
+
+
+def minted_sop_uid(path: Path, head_bytes: int = 1 << 16) -> str:
+    """A deterministic SOPInstanceUID for a file whose own is empty: from its size and first 64 KiB."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(head_bytes))
+    h.update(str(os.path.getsize(path)).encode())
+    return make_uid("ldct-monai minted SOPInstanceUID", h.hexdigest())
 
 
 def list_series(root: str | Path) -> list[SeriesSummary]:
@@ -345,12 +503,18 @@ def _classify(path: Path) -> tuple[_Header | None, str | None, Dataset | None]:
     eof_warning = any("End of file" in str(w.message) for w in caught)
     sop_class = str(getattr(ds, "SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     modality = str(getattr(ds, "Modality", "") or "")
+    is_ct = sop_class == CT_IMAGE_STORAGE or modality == "CT"
     if eof_warning:  # pydicom read up to the end of the file without finding the end of the data
-        if sop_class == CT_IMAGE_STORAGE or modality == "CT":
+        if is_ct:
             return None, "!truncated: the file ends inside its data", ds
         return None, "truncated DICOM", ds
+    if sop_class == CT_IMAGE_STORAGE and PIXEL_DATA not in ds and ("Rows" not in ds or not modality):
+        # cut inside its header: pydicom stops quietly when too few bytes are left for the next element
+        return None, f"!truncated: the file ends after {os.path.getsize(path)} bytes, inside its header (no Pixel Data)", ds
     if "SeriesInstanceUID" not in ds and not sop_class and not modality:
         return None, "not DICOM", ds
+    if sop_class == CT_IMAGE_STORAGE and not modality:
+        return None, "!Modality missing in a CT Image Storage file", ds
     if modality != "CT":
         return None, f"Modality {modality or 'missing'}, not CT", ds
     if sop_class == ENHANCED_CT_IMAGE_STORAGE:
@@ -461,10 +625,14 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
         why = _undecodable(ts)
         if why:
             problems.append(why)
-    sops = collections.Counter(str(h.ds.SOPInstanceUID) for h in headers)
-    dup_sops = [s for s, c in sops.items() if c > 1]
+    by_sop: dict[str, list[Path]] = collections.defaultdict(list)
+    for h in headers:
+        by_sop[h.uid("SOPInstanceUID")].append(h.path)
+    dup_sops = {s: ps for s, ps in by_sop.items() if len(ps) > 1}
     if dup_sops:
-        problems.append(f"{len(dup_sops)} SOPInstanceUID(s) appear in more than one file (e.g. {dup_sops[0]})")
+        sop, paths = next(iter(dup_sops.items()))
+        problems.append(f"{len(dup_sops)} SOPInstanceUID(s) appear in more than one file (e.g. {sop} in "
+                        f"{_rel(paths[0], root)} and {_rel(paths[1], root)})")
 
     refs: list[SliceRef] = []
     normal = None
@@ -475,9 +643,10 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
                 refs.append(
                     SliceRef(
                         path=h.path,
-                        sop_instance_uid=str(h.ds.SOPInstanceUID),
+                        sop_instance_uid=h.uid("SOPInstanceUID"),
                         position=slice_position(h.ds, normal),
                         instance_number=_int_or_none(getattr(h.ds, "InstanceNumber", None)),
+                        minted=tuple(sorted(h.minted.items())),
                     )
                 )
         except InputError as err:
@@ -505,6 +674,25 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
                 RuntimeWarning,
                 stacklevel=3,
             )
+    minted = collections.Counter(kw for h in headers for kw in h.minted)
+    if minted:
+        what = ", ".join(f"{kw} in {n} file(s)" for kw, n in sorted(minted.items()))
+        warnings.warn(
+            f"{root}: series {uid} has empty UIDs ({what}); minted deterministic 2.25 UIDs (SOPInstanceUID from each "
+            "file's bytes, SeriesInstanceUID from its folder) so it can be read. A derived series references these "
+            "minted UIDs, which the source files do not hold.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    dropped = _unreadable_elements(first)
+    if dropped:
+        warnings.warn(
+            f"{_rel(headers[0].path, root)}: {len(dropped)} element(s) whose value does not fit its VR "
+            f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}) are dropped when the slices are read "
+            "(the derived series does not copy private elements).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return CTSeries(
         root=root,
         series_instance_uid=uid,
@@ -518,7 +706,25 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
         spacing=spacing,
         transfer_syntaxes=tuple(syntaxes),
         skipped=skipped,
+        minted=dict(minted),
     )
+
+
+def _unreadable_elements(ds: Dataset) -> list[str]:
+    """Elements of a header (read with deferred large values) whose value pydicom cannot convert."""
+    out = []
+    with quiet_pydicom():
+        for tag in list(ds.keys()):
+            raw = ds._dict.get(tag)
+            if tag == PIXEL_DATA or getattr(raw, "value", b"") is None:  # deferred (large) values are not read here
+                continue
+            if not tag.is_private and pydicom.datadict.keyword_for_tag(tag) in ESSENTIAL:
+                continue  # not dropped: reading the slice says it cannot be read
+            try:
+                ds[tag]
+            except Exception:  # noqa: BLE001 - BytesLengthException, ValueError, struct.error ...
+                out.append(f"{tag} {getattr(raw, 'VR', '?')}, {getattr(raw, 'length', '?')} bytes")
+    return out
 
 
 def _undecodable(ts: str) -> str | None:
