@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -52,7 +53,8 @@ def split_records(manifest_dir: Path, split: str, key: str, expected_dose: str |
     along every transform to the batch, where body-part-conditioned discriminators use it.
 
     Raises:
-        InputError: the split is missing, empty, lacks columns, or holds rows of the other dose.
+        InputError: the split is missing, empty, lacks columns, holds rows of the other dose, or lists files
+            that do not exist (checked here, before a training run writes anything).
     """
     df = load_split(manifest_dir, split)
     path = Path(manifest_dir) / f"{split}.csv"
@@ -63,6 +65,11 @@ def split_records(manifest_dir: Path, split: str, key: str, expected_dose: str |
         wrong = df[df["dose"].astype(str).str.lower() != expected_dose]
         if len(wrong):
             problems.append(f"{len(wrong)} row(s) with dose != {expected_dose!r} (first: {wrong['path'].iloc[0]})")
+    if not problems:
+        missing = [p for p in df["path"].astype(str) if not os.path.isfile(p)]
+        if missing:
+            problems.append(f"{len(missing)} of {len(df)} listed file(s) do not exist (first: {missing[0]}); the data "
+                            "moved or was deleted since build-manifest: rebuild the manifest")
     if problems:
         raise InputError(f"{path}: " + "; ".join(problems) + ".")
     sop = df["sop_uid"].astype(str) if "sop_uid" in df.columns else [""] * len(df)

@@ -73,12 +73,13 @@ def resolve_output(out_dir: Path) -> Path:
     return target
 
 
-def check_output_dir(out_dir: Path, overwrite: bool) -> Path:
+def check_output_dir(out_dir: Path, overwrite: bool, signature: Callable[[Path], bool] | None = None) -> Path:
     """Check ``out_dir`` can receive output; return the real folder it will be written to.
 
     Refuses an existing non-empty ``out_dir`` unless ``overwrite``, and with ``overwrite`` a folder that is
-    not recognisably ldct-monai output. Creates the parent folder (never through a dangling link whose
-    target's parent is missing). Mentions or removes temporary folders left by killed runs.
+    not recognisably ldct-monai output (``signature``: more files to accept as ours, see
+    :func:`foreign_files`). Creates the parent folder (never through a dangling link whose target's parent
+    is missing). Mentions or removes temporary folders left by killed runs.
 
     Raises:
         OutputExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
@@ -104,7 +105,7 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> Path:
         if entries and not overwrite:
             raise OutputExistsError(f"{shown}: output directory exists and is not empty (use --overwrite to replace it).")
         if entries:
-            refuse_foreign(target, shown)
+            refuse_foreign(target, shown, signature)
     if not os.access(parent, os.W_OK | os.X_OK) and not _in_place(target):
         raise InputError(f"{parent}: output directory is not writable.")
     if _in_place(target) and not os.access(target, os.W_OK | os.X_OK):
