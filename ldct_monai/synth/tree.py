@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -132,6 +133,7 @@ def synth_tree(out_dir: Path, config: SynthConfig, progress: bool = True, overwr
     from ldct_monai.synth.projector import clear_cache
 
     config.validate()
+    check_resources(config, Path(out_dir))  # before any work: a typo like --slices 100000 must not fill RAM first
     t0 = time.perf_counter()
     plan = _plan(config)
     total = sum(len(p["doses"]) * config.slices for p in plan)
@@ -161,6 +163,99 @@ def synth_tree(out_dir: Path, config: SynthConfig, progress: bool = True, overwr
         "noise": {bp: _summarise(v) for bp, v in stats.items()},
     }
     return summary
+
+
+# Memory model of one synth run, fitted to measured peaks (RSS on a 2-core VM: +86 MiB at 128 px, +700 MiB at
+# 256 px for 16 slices; +1.8 GiB for 1000 mm of chest texture fields).
+BASE_BYTES = 300 * 2**20  # Python, torch and the package loaded
+FIELD_PEAK_BYTES_PER_VOXEL = 96  # FFT filtering of one 2 mm texture field (float64 + complex128 copies)
+PROJECTION_BYTES = 2.7  # per (slice in a chunk x pixel x view) while a chunk is simulated
+MAX_TORSO_FOV_MM, MAX_HEAD_FOV_MM = 460.0, 280.0  # the largest fields of view make_phantom draws
+FILE_OVERHEAD_BYTES = 3 * 1024  # DICOM header of one slice
+
+
+def estimate_resources(config: SynthConfig) -> dict[str, float]:
+    """Upper estimates of peak memory and disk (bytes) for ``config``, before anything is simulated.
+
+    Memory: the texture fields of the largest patient (one 2 mm voxel grid per field over the scanned z
+    range plus a margin, built by FFT one patient at a time) plus one chunk of projections. Disk: every
+    slice file (16-bit pixels and a header).
+    """
+    zh = config.slices * config.slice_thickness / 2 + 8.0
+    nz_fine, nz_coarse = math.ceil(2 * zh / 2.0) + 1, math.ceil(2 * zh / 4.0) + 1
+    peak_fields = 0.0
+    for bp in config.body_parts:
+        fov = MAX_HEAD_FOV_MM if bp == BodyPart.HEAD.value else MAX_TORSO_FOV_MM
+        fine = nz_fine * (math.ceil(fov / 2.0) + 1) ** 2
+        coarse = nz_coarse * (math.ceil(fov / 4.0) + 1) ** 2
+        n_fine = 3 if bp == BodyPart.CHEST.value else 1  # chest: fine texture and two vessel fields
+        peak_fields = max(peak_fields, FIELD_PEAK_BYTES_PER_VOXEL * fine + 4.0 * (n_fine * fine + coarse))
+    views = config.n_views or config.size
+    projections = PROJECTION_BYTES * min(config.chunk, config.slices) * config.size**2 * views
+    doses = 2 - config.no_ld_share
+    files = config.patients * len(config.body_parts) * config.slices * doses
+    return {
+        "memory": BASE_BYTES + peak_fields + projections,
+        "disk": files * (2 * config.size**2 + FILE_OVERHEAD_BYTES),
+        "files": files,
+    }
+
+
+def available_memory() -> float | None:
+    """Bytes of memory this process can still use (MemAvailable, capped by a cgroup limit); None if unknown."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = float(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max" and avail is not None:
+            avail = min(avail, float(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def free_disk(path: Path) -> float | None:
+    """Free bytes on the filesystem ``path`` will be written to (its nearest existing folder); None if unknown."""
+    import shutil
+
+    p = Path(os.path.realpath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return float(shutil.disk_usage(p).free)
+    except OSError:
+        return None
+
+
+def check_resources(config: SynthConfig, out_dir: Path) -> dict[str, float]:
+    """Refuse a configuration whose estimated memory or disk (:func:`estimate_resources`) is not there.
+
+    Raises:
+        InputError: naming both estimates and what the machine has.
+    """
+    need = estimate_resources(config)
+    mem, disk = available_memory(), free_disk(out_dir)
+    short = []
+    if mem is not None and need["memory"] > mem:
+        short.append(f"about {_gib(need['memory'])} of memory, {_gib(mem)} available")
+    if disk is not None and need["disk"] > disk:
+        short.append(f"about {_gib(need['disk'])} of disk for {int(need['files'])} files, {_gib(disk)} free at {out_dir}")
+    if short:
+        raise InputError(
+            f"synth --patients {config.patients} --slices {config.slices} --size {config.size} needs "
+            f"{' and '.join(short)}; lower --slices, --size or --patients."
+        )
+    return need
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _summarise(values: dict[str, list[float]]) -> dict[str, float]:
