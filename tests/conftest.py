@@ -17,6 +17,7 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 
 DATA = Path(__file__).parent / "data"
 REAL_CT = DATA / "real_ct"  # 3 real GE slices, BSD-3-Clause (LICENSE.txt beside them)
+REAL_CT_LIDC = DATA / "real_ct_lidc"  # 4 real Philips chest slices, kernel D, CC BY 3.0 (LICENSE.txt beside them)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -57,6 +58,16 @@ def write_series(
         **info_kwargs,
     )
     return write_ct_series(out_dir, vol, info, z_positions=[i * spacing_z for i in range(n_slices)])
+
+
+@pytest.fixture
+def real_ct_lidc(tmp_path: Path) -> Path:
+    """A writable copy of the 4 real LIDC chest slices (Philips, kernel D)."""
+    dst = tmp_path / "real_ct_lidc"
+    dst.mkdir()
+    for f in sorted(REAL_CT_LIDC.glob("*.dcm")):
+        shutil.copy(f, dst / f.name)
+    return dst
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ def synth(
     slice_thickness: float = typer.Option(
         1.0, "--slice-thickness", help="Slice thickness = spacing, mm (Mayo: 1 or 3)."
     ),
-    kernel: str = typer.Option(
-        "smooth", "--kernel", help="Reconstruction kernel: smooth (B30f-like) or sharp (D45f-like)."
+    kernel: str | None = typer.Option(
+        None, "--kernel", help="Reconstruction kernel: smooth (B30f-like) or sharp (D45f-like); with --from-series / "
+        "--from-tree also auto (default there: the noise texture measured on each series)."
     ),
     dose_fraction: str | None = typer.Option(
         None,
@@ -35,8 +36,17 @@ def synth(
     from_series: Path | None = typer.Option(
         None, "--from-series", help="Real full-dose series folder: write its simulated low-dose series to OUT_DIR."
     ),
+    from_tree: Path | None = typer.Option(
+        None, "--from-tree", help="Folder of real full-dose series: write a paired TCIA-style tree to OUT_DIR, one "
+        "patient per series (real full dose + simulated low dose)."
+    ),
     body_part: str | None = typer.Option(
-        None, "--body-part", help="With --from-series: dose protocol C, L or N (default: from BodyPartExamined)."
+        None, "--body-part", help="With --from-series / --from-tree: C, L or N (default: from BodyPartExamined); "
+        "with --from-tree also FOLDER=C,FOLDER2=L pairs."
+    ),
+    electronic_noise: float | None = typer.Option(
+        None, "--electronic-noise", help="With --from-series / --from-tree: electronic noise std, photons per ray at "
+        "the reference sampling (default 0: off; the phantom trees use 2.5)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -53,20 +63,34 @@ def synth(
     from ldct_monai.synth import SynthConfig, simulate_low_dose_series, synth_tree
 
     fraction, per_part = _parse_fractions(dose_fraction)
-    if from_series is not None:
+    if from_series is not None and from_tree is not None:
+        raise InputError("--from-series and --from-tree exclude each other: give one.")
+    if from_series is not None or from_tree is not None:
         if per_part:
-            raise InputError("--dose-fraction with --from-series takes one value, not per-body-part values.")
+            raise InputError("--dose-fraction with --from-series / --from-tree takes one value, not per-body-part values.")
+        if from_tree is not None:
+            _from_tree(from_tree, out_dir, body_part, fraction, kernel or "auto", electronic_noise, seed, views,
+                       overwrite, quiet)
+            return
         summary = simulate_low_dose_series(
-            from_series, out_dir, dose_fraction=fraction, body_part=body_part, kernel=kernel, seed=seed,
-            n_views=views, overwrite=overwrite, progress=not quiet,
+            from_series, out_dir, dose_fraction=fraction, body_part=body_part, kernel=kernel or "auto",
+            electronic_noise=electronic_noise, seed=seed, n_views=views, overwrite=overwrite, progress=not quiet,
         )
+        check = summary["check"]
         console.print(
             f"Wrote {summary['files']} low-dose slices to {summary['out_dir']} "
-            f"(body part {summary['body_part']}, dose fraction {summary['dose_fraction']:g}, kernel {kernel}; "
-            f"inserted noise {summary['noise_std_hu']:.1f} HU std in soft tissue) in {summary['seconds']:.1f} s.",
+            f"(body part {summary['body_part']}, dose fraction {summary['dose_fraction']:g}, kernel "
+            f"{summary['kernel'] or '-'} [{summary['kernel_class']}], noise texture {summary['texture']}) "
+            f"in {summary['seconds']:.1f} s.\n"
+            f"Full-dose noise {check['fd_std_hu']:.1f} HU, NPS peak {check['fd_peak']:.3f} cycles/pixel; inserted "
+            f"{check['inserted_std_hu']:.1f} HU (target {check['target_std_hu']:.1f}), peak "
+            f"{check['inserted_peak']:.3f} ({check['rois']} flat ROIs).",
             highlight=False,
         )
         return
+    kernel = kernel or "smooth"
+    if kernel == "auto":
+        raise InputError("--kernel auto needs --from-series or --from-tree (phantoms have no texture to measure).")
     parts = tuple(dict.fromkeys(body_parts.upper().replace(",", "")))
     if not parts or any(p not in "CLN" for p in parts):
         raise InputError(f"--body-parts must be letters among C, L, N, found {body_parts!r}.")
@@ -102,3 +126,29 @@ def _parse_fractions(text: str | None) -> tuple[float | None, tuple[tuple[str, f
         return None, tuple(pairs)
     except ValueError as err:
         raise InputError(f"--dose-fraction expects a number or C=0.05,L=0.2 style pairs, found {text!r}.") from err
+
+
+def _from_tree(source: Path, out_dir: Path, body_part: str | None, fraction: float | None, kernel: str,
+               electronic_noise: float | None, seed: int, views: int | None, overwrite: bool, quiet: bool) -> None:
+    from rich.table import Table
+
+    from ldct_monai.progress import console
+    from ldct_monai.synth.from_tree import synth_from_tree
+
+    summary = synth_from_tree(source, out_dir, body_part=body_part, dose_fraction=fraction, kernel=kernel,
+                              electronic_noise=electronic_noise, seed=seed, n_views=views, overwrite=overwrite,
+                              progress=not quiet)
+    table = Table(title=f"{summary['files']} files, {len(summary['patients'])} patients in {summary['out_dir']} "
+                        f"({summary['seconds']:.1f} s)")
+    for col in ("patient", "source", "slices", "dose", "kernel", "texture", "FD noise HU", "inserted HU",
+                "target HU", "FD / inserted NPS peak"):
+        table.add_column(col)
+    for p in summary["patients"]:
+        c = p["check"]
+        table.add_row(p["patient_id"], p["source"], str(p["slices"]), f"{p['dose_fraction']:g}",
+                      f"{p['kernel'] or '-'} [{p['kernel_class']}]" + (f" {p['iterative']}" if p["iterative"] else ""),
+                      p["texture"], f"{c['fd_std_hu']:.1f}", f"{c['inserted_std_hu']:.1f}", f"{c['target_std_hu']:.1f}",
+                      f"{c['fd_peak']:.3f} / {c['inserted_peak']:.3f}")
+    console.print(table)
+    for s in summary["skipped"]:
+        console.print(f"Skipped {s['source']}: {s['reason']}", highlight=False)

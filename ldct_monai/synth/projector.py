@@ -93,25 +93,36 @@ def default_view_chunk(n: int) -> int:
     return 32 if n <= 256 else max(4, int(32 * (256 / n) ** 2))
 
 
-def ramp_filter(n_det: int, spacing: float, kernel: str = "smooth", device: torch.device | str = "cpu") -> torch.Tensor:
+def ramp_filter(
+    n_det: int, spacing: float, kernel: str | torch.Tensor = "smooth", device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Frequency response of the apodised ramp filter for zero-padded projections (rfft layout).
 
     The ramp is the FFT of the band-limited spatial Ram-Lak kernel (no DC offset, as in Kak & Slaney
     ch. 3), multiplied by the kernel's window ``W(f) = (1 + boost * sin(pi f))
     * cos(pi f / 2 cutoff)^(2 power)`` for ``f`` (fraction of Nyquist) below ``cutoff``, 0 above.
 
+    Args:
+        kernel: a name in :data:`KERNELS`, or a window sampled uniformly on [0, 1] x Nyquist (a 1-D
+            tensor, linearly interpolated): how ``synth --from-series`` reproduces the noise texture it
+            measured on a real series.
+
     Returns:
         (n_pad // 2 + 1,) real filter; n_pad = next power of two >= 2 n_det.
     """
+    if isinstance(kernel, torch.Tensor):
+        n_pad = max(64, 2 ** math.ceil(math.log2(2 * n_det)))
+        ramp = _ram_lak(n_pad, spacing)
+        grid = kernel.to(torch.float64).flatten()
+        pos = torch.linspace(0, 1, ramp.numel(), dtype=torch.float64) * (grid.numel() - 1)
+        lo = pos.floor().long().clamp(max=grid.numel() - 1)
+        hi = (lo + 1).clamp(max=grid.numel() - 1)
+        window = grid[lo] + (grid[hi] - grid[lo]) * (pos - lo)
+        return (ramp * window).to(device=device, dtype=torch.float32)
     if kernel not in KERNELS:
         raise ValueError(f"Unknown reconstruction kernel {kernel!r}; expected one of {sorted(KERNELS)}.")
     n_pad = max(64, 2 ** math.ceil(math.log2(2 * n_det)))
-    k = torch.arange(-(n_pad // 2), n_pad // 2, dtype=torch.float64)
-    h = torch.zeros_like(k)
-    h[k == 0] = 1.0 / (4 * spacing**2)
-    odd = (k.abs() % 2) == 1
-    h[odd] = -1.0 / (math.pi * k[odd] * spacing) ** 2
-    ramp = torch.fft.rfft(torch.fft.ifftshift(h)).real * spacing  # times dt: discrete convolution
+    ramp = _ram_lak(n_pad, spacing)
     f = torch.linspace(0, 1, ramp.numel(), dtype=torch.float64)  # fraction of Nyquist
     p = KERNELS[kernel]
     window = torch.where(f <= p["cutoff"], torch.cos(math.pi * f / (2 * p["cutoff"])) ** (2 * p["power"]), 0.0)
@@ -119,15 +130,25 @@ def ramp_filter(n_det: int, spacing: float, kernel: str = "smooth", device: torc
     return (ramp * window).to(device=device, dtype=torch.float32)
 
 
+def _ram_lak(n_pad: int, spacing: float) -> torch.Tensor:
+    """rfft of the band-limited spatial Ram-Lak kernel for ``n_pad`` samples of ``spacing`` mm (float64)."""
+    k = torch.arange(-(n_pad // 2), n_pad // 2, dtype=torch.float64)
+    h = torch.zeros_like(k)
+    h[k == 0] = 1.0 / (4 * spacing**2)
+    odd = (k.abs() % 2) == 1
+    h[odd] = -1.0 / (math.pi * k[odd] * spacing) ** 2
+    return torch.fft.rfft(torch.fft.ifftshift(h)).real * spacing  # times dt: discrete convolution
+
+
 def fbp(
-    sino: torch.Tensor, geom: ParallelGeometry, kernel: str = "smooth", view_chunk: int | None = None
+    sino: torch.Tensor, geom: ParallelGeometry, kernel: str | torch.Tensor = "smooth", view_chunk: int | None = None
 ) -> torch.Tensor:
     """Filtered back projection of parallel-beam projections.
 
     Args:
         sino: (slices, n_views, n) line integrals.
         geom: scan geometry.
-        kernel: ``smooth`` or ``sharp`` (see :data:`KERNELS`).
+        kernel: ``smooth`` or ``sharp`` (see :data:`KERNELS`), or a sampled window (:func:`ramp_filter`).
 
     Returns:
         (slices, n, n) attenuation in 1/mm; zero outside the scan field of view.

@@ -1,0 +1,164 @@
+"""A paired TCIA-style tree from a folder of real full-dose CT series (``ldct-monai synth OUT --from-tree DIR``).
+
+Every CT series found under ``DIR`` becomes one patient of a tree laid out like TCIA
+LDCT-and-Projection-data, so ``build-manifest``, ``train`` and ``evaluate`` run on it unchanged::
+
+    OUT/L001/01-01-2000-NA-NA-12345/1.000000-Full Dose Images-23456/1-001.dcm   the real slices (relabelled)
+    OUT/L001/01-01-2000-NA-NA-12345/1.000000-Low Dose Images-34567/1-001.dcm    simulated (from_series)
+
+The full-dose series keeps its pixels, UIDs and geometry; only what the tree's layout needs is changed:
+PatientID / PatientName (the tree's ID, as TCIA anonymised theirs), SeriesDescription ("Full Dose
+Images", the dose label ``build-manifest`` reads) and BodyPartExamined. Files are renamed in geometric
+order. The low-dose series is :func:`ldct_monai.synth.from_series.simulate_low_dose_series` of that copy
+at the Mayo dose of its body part (chest 10 %, abdomen and head 25 %). A series the simulator cannot
+handle is skipped with its reason; the tree is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ldct_monai.config import BodyPart
+from ldct_monai.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FULL_DOSE_DESCRIPTION = "Full Dose Images"
+LOW_DOSE_DESCRIPTION = "Low Dose Images"
+
+
+def parse_body_parts(text: str | None) -> tuple[str | None, dict[str, str]]:
+    """``"L"`` -> ("L", {}); ``"philips_abdomen_134=L,lidc=C"`` -> (None, {...}) (folder-name overrides)."""
+    if not text:
+        return None, {}
+    if "=" not in text:
+        code = text.strip().upper()
+        if code not in {b.value for b in BodyPart}:
+            raise InputError(f"--body-part must be C, L or N (or FOLDER=C,... pairs), found {text!r}.")
+        return code, {}
+    pairs = {}
+    for item in text.split(","):
+        name, _, code = item.partition("=")
+        code = code.strip().upper()
+        if not name.strip() or code not in {b.value for b in BodyPart}:
+            raise InputError(f"--body-part pairs must look like FOLDER=C (C, L or N), found {item!r}.")
+        pairs[name.strip()] = code
+    return None, pairs
+
+
+def synth_from_tree(
+    source: Path,
+    out_dir: Path,
+    *,
+    body_part: str | None = None,
+    dose_fraction: float | None = None,
+    kernel: str = "auto",
+    electronic_noise: float | None = None,
+    seed: int = 0,
+    n_views: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Turn every CT series under ``source`` into one patient (real full dose + simulated low dose).
+
+    Args:
+        source: folder searched recursively for CT series (never modified).
+        out_dir: the new tree.
+        body_part: C / L / N for every series, or ``FOLDER=C,...`` pairs matched against the path
+            components of each series' folder; default from BodyPartExamined (else abdomen).
+        dose_fraction: one low-dose fraction for every series; default per body part (C 0.10, L/N 0.25).
+        kernel, electronic_noise, seed, n_views: as for :func:`simulate_low_dose_series`.
+        overwrite: replace an existing non-empty ``out_dir``.
+        progress: progress bar over slices.
+
+    Returns:
+        Summary: ``out_dir``, ``patients`` (one dict per written patient: id, source folder, body part,
+        slices, dose fraction, kernel, texture, noise check), ``skipped`` (source folder, reason),
+        ``files``, ``seconds``.
+
+    Raises:
+        InputError: ``source`` holds no CT series, bad options, or no series could be simulated.
+    """
+    from ldct_monai.dicom.create import make_uid
+    from ldct_monai.dicom.reader import list_series, read_series
+    from ldct_monai.io_utils import atomic_output_dir
+    from ldct_monai.progress import make_progress
+    from ldct_monai.synth.from_series import _body_part, simulate_low_dose_series
+
+    t0 = time.perf_counter()
+    source = Path(source)
+    if not source.is_dir():
+        raise InputError(f"{source}: expected a folder of CT series, found {'a file' if source.exists() else 'nothing'}.")
+    src, dst = source.resolve(), Path(out_dir).resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise InputError(f"{out_dir}: the output tree must not be, contain or lie inside the source folder.")
+    default_part, per_folder = parse_body_parts(body_part)
+    found = list_series(source)
+    if not found:
+        raise InputError(f"{source}: no CT series found.")
+    plan = []
+    for summary in found:
+        series = read_series(source, summary.series_instance_uid, warn_skipped=False)
+        folder = series.slices[0].path.parent
+        rel = folder.relative_to(source) if folder != source else Path(".")
+        code = default_part or next((c for name, c in per_folder.items() if name in rel.parts or name == rel.name), None)
+        if code is None:
+            code = _body_part(series.read_slice(0).dataset, None, folder).value
+        plan.append((code, str(rel), series))
+    plan.sort(key=lambda t: (t[0], t[1]))
+    counters: dict[str, int] = {}
+    patients, skipped, files = [], [], 0
+    with atomic_output_dir(Path(out_dir), overwrite) as tmp, make_progress(disable=not progress) as bar:
+        task = bar.add_task("series", total=sum(len(s) for _, _, s in plan), unit="slices")
+        for code, rel, series in plan:
+            counters[code] = counters.get(code, 0) + 1
+            pid = f"{code}{counters[code]:03d}"
+            tag = make_uid(seed, series.series_instance_uid)[-5:]
+            study = tmp / pid / f"01-01-2000-NA-NA-{tag}"
+            fd_dir = study / f"1.000000-{FULL_DOSE_DESCRIPTION}-{tag[::-1]}"
+            ld_dir = study / f"1.000000-{LOW_DOSE_DESCRIPTION}-{tag[1:]}0"
+            try:
+                _write_full_dose(series, fd_dir, pid, code)
+                result = simulate_low_dose_series(
+                    fd_dir, ld_dir, dose_fraction=dose_fraction, body_part=code, kernel=kernel,
+                    electronic_noise=electronic_noise, seed=seed + counters[code], n_views=n_views, progress=False,
+                )
+            except InputError as err:
+                import shutil
+
+                shutil.rmtree(tmp / pid, ignore_errors=True)
+                counters[code] -= 1
+                skipped.append({"source": rel, "reason": str(err)})
+                log.warning("%s: skipped (%s)", rel, err)
+                bar.advance(task, len(series))
+                continue
+            files += 2 * len(series)
+            patients.append({
+                "patient_id": pid, "source": rel, "body_part": code, "slices": len(series),
+                "dose_fraction": result["dose_fraction"], "kernel": result["kernel"],
+                "kernel_class": result["kernel_class"], "iterative": result["iterative"],
+                "texture": result["texture"], "noise_std_hu": result["noise_std_hu"],
+                "check": {k: v for k, v in result["check"].items() if not isinstance(v, list)},
+            })
+            bar.advance(task, len(series))
+        if not patients:
+            raise InputError(f"{source}: no series could be simulated: " + "; ".join(
+                f"{s['source']}: {s['reason']}" for s in skipped[:3]))
+    return {"out_dir": str(out_dir), "patients": patients, "skipped": skipped, "files": files,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _write_full_dose(series, folder: Path, patient_id: str, code: str) -> None:
+    """Copy a real series into the tree, relabelled for its layout; pixels, UIDs and geometry unchanged."""
+    from ldct_monai.config import BODY_PART_EXAMINED
+
+    folder.mkdir(parents=True)
+    for i in range(len(series)):
+        ds = series.read_slice(i).dataset
+        ds.PatientID = patient_id
+        ds.PatientName = patient_id
+        ds.SeriesDescription = FULL_DOSE_DESCRIPTION
+        ds.BodyPartExamined = BODY_PART_EXAMINED[BodyPart(code)]
+        ds.save_as(folder / f"1-{i + 1:03d}.dcm", enforce_file_format=True)
