@@ -91,11 +91,28 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for broken files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise InputError(f"{path}: cannot load checkpoint safely ({type(err).__name__}: {first}).") from err
+        raise InputError(f"{path}: cannot load checkpoint safely: {unsafe_load_reason(err)}.") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not an ldct-monai checkpoint (expected format {CHECKPOINT_FORMAT}).")
     return state
+
+
+def unsafe_load_reason(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in our words.
+
+    torch's own message advises loading with ``weights_only=False``, which would run whatever code the file
+    holds: never repeat that. A refused global is named, so the user knows what the file contained.
+    """
+    import re
+
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"Unsupported operand (\S+)", text)
+    if found or "Weights only load failed" in text:
+        held = f" ({found.group(1)})" if found else ""
+        return (f"it holds a Python object{held} other than tensors and plain containers, which could run code "
+                "when loaded, and ldct-monai loads weights only; use a file written by ldct-monai")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else 'no detail'}"
 
 
 def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:

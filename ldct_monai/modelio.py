@@ -133,7 +133,9 @@ def load_model(path: Path) -> LoadedModel:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError / RuntimeError for unsafe or broken files
-        raise InputError(f"{wpath}: cannot load weights safely ({type(err).__name__}: {str(err).splitlines()[0]}).") from err
+        from ldct_monai.checkpoint import unsafe_load_reason
+
+        raise InputError(f"{wpath}: cannot load weights safely: {unsafe_load_reason(err)}.") from err
     try:
         gen = ResNetGenerator(**kwargs)
         gen.load_state_dict(state)
