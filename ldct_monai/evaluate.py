@@ -6,10 +6,16 @@ with its paired full-dose slice under both metric conventions of :mod:`ldct_mona
 into ``REPORT_DIR`` (atomically)::
 
     metrics.csv    one row per slice x method
-    summary.csv    mean / std per body part (and "all") x method, with gains vs the low-dose input
-    summary.md     the same as readable tables, with the conventions and baseline settings
+    summary.csv    mean / std per body part (and "all") x method, with gains vs the low-dose input and
+                   seconds per slice
+    summary.md     the same as readable tables, with the conventions and baseline settings (how they
+                   were tuned and the chosen strengths)
     summary.json   everything above plus provenance (model card hash, manifest hash, versions)
     figures/       LD | model | baselines | FD and difference maps for a few slices
+
+The classical baselines (Gaussian, NLM, BM3D; :mod:`ldct_monai.baselines`) are tuned per body part
+on paired val slices (``val_pairs.csv``) when the manifest has them, else the Gaussian filter by
+unpaired noise matching and NLM / BM3D keep their default multipliers (``docs/evaluation.md``).
 
 Deterministic: slices are chosen and ordered by (body part, patient, z); no random numbers are used.
 """
@@ -28,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ldct_monai import __version__
-from ldct_monai.baselines import BASELINES
+from ldct_monai.baselines import BASELINES, DEFAULT_STRENGTH, STRENGTH_NAMES
 from ldct_monai.config import BodyPart
 from ldct_monai.errors import InputError
 from ldct_monai.metrics import (
@@ -47,10 +53,12 @@ log = logging.getLogger(__name__)
 SUMMARY_FORMAT = 1
 INPUT = "low_dose"  # the method name of the unprocessed low-dose row; gains are measured against it
 MODEL = "model"
-METHOD_LABELS = {INPUT: "low-dose input", MODEL: "model", "gaussian": "Gaussian filter", "nlm": "non-local means"}
+METHOD_LABELS = {INPUT: "low-dose input", MODEL: "model", "gaussian": "Gaussian filter", "nlm": "non-local means", "bm3d": "BM3D"}
 ALL = "all"  # body-part value of the pooled rows in the summaries
 BODY_PART_NAMES = {"C": "chest", "L": "abdomen", "N": "head", ALL: "all"}
 TEST_COLUMNS = ("patient_id", "body_part", "z", "ld_path", "fd_path")
+VAL_PAIRS_FILE = "val_pairs.csv"  # paired val slices (build-manifest --paired); same columns as test_pairs.csv
+NOISE_BASED = ("nlm", "bm3d")  # baselines whose strength multiplies the slice's own noise estimate
 ID_COLUMNS = ("slice", "patient_id", "body_part", "z", "ld_sop_uid", "fd_sop_uid", "method", "window_center", "window_width")
 
 
@@ -66,9 +74,11 @@ class EvalConfig:
     max_slices: int | None = None  # evenly spaced subset of the sorted test pairs; None = all
     n_figures: int = 3  # slices drawn (one per body part first)
     crop: float = 0.5  # centre crop side as a fraction of the slice side (figures)
-    tune_slices: int = 4  # val slices per body part and dose to tune the baselines on (NLM: ~0.3 s per 512 px slice and try)
+    tune_slices: int = 4  # val slices (or pairs) per body part and dose to tune the baselines on
+    tune_crop: int | None = 192  # px; paired tuning runs on a centre crop (BM3D: ~12 s per 512 px slice and try)
     gaussian_sigma: float | None = None  # px; fixed instead of tuned on val
-    nlm_h: float | None = None  # HU; fixed instead of tuned on val
+    nlm_k: float | None = None  # h = k x slice noise; fixed instead of tuned on val pairs / the default 0.9
+    bm3d_k: float | None = None  # sigma_psd = k x slice noise; fixed instead of tuned on val pairs / the default 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))  # a list from Python callers is fine too
@@ -90,10 +100,11 @@ class EvalConfig:
             problems.append(f"tune slices must be >= 1, found {self.tune_slices}")
         if self.tile is not None and self.tile < 16:
             problems.append(f"tile must be >= 16 px, found {self.tile}")
-        if self.gaussian_sigma is not None and self.gaussian_sigma < 0:
-            problems.append(f"Gaussian sigma must be >= 0 px, found {self.gaussian_sigma}")
-        if self.nlm_h is not None and self.nlm_h < 0:
-            problems.append(f"NLM h must be >= 0 HU, found {self.nlm_h}")
+        if self.tune_crop is not None and self.tune_crop < 3 * 9:
+            problems.append(f"tune crop must be >= 27 px (the noise estimate needs 3 windows of 9 px), found {self.tune_crop}")
+        for name, v in (("Gaussian sigma (px)", self.gaussian_sigma), ("NLM k", self.nlm_k), ("BM3D k", self.bm3d_k)):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                problems.append(f"{name} must be a finite number >= 0, found {v}")
         if problems:
             raise InputError("evaluate: " + "; ".join(problems) + ".")
 
@@ -150,6 +161,10 @@ def evaluate(
     manifest_dir = Path(manifest_dir)
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)  # fail before any work
+    if "bm3d" in config.baselines:
+        from ldct_monai.baselines import require_bm3d
+
+        require_bm3d()
     pairs_df = _test_pairs(load_split(manifest_dir, "test_pairs"), manifest_dir)
     selected = _select(pairs_df, config.max_slices)
     model = load_model(model_path)
@@ -162,21 +177,22 @@ def evaluate(
         params = _tune_baselines(manifest_dir, config, sorted({p.body_part for p in selected}, key=_bp_order), prog)
         timing["tune_baselines_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rows, method_time = _run(selected, denoiser, config, params, figure_idx, prog)
+        rows, method_time, seconds = _run(selected, denoiser, config, params, figure_idx, prog)
         timing["evaluate_s"] = time.perf_counter() - t0
         timing.update({f"{m}_s": v for m, v in method_time.items()})
 
     import pandas as pd
 
     metrics = pd.DataFrame(rows, columns=[*ID_COLUMNS, *METRIC_COLUMNS])
-    summary_df = summarize(metrics, config.methods)
+    seconds_df = pd.DataFrame(seconds, columns=["slice", "body_part", "method", "seconds", "noise_hu"])
+    summary_df = summarize(metrics, config.methods, seconds_df)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         t0 = time.perf_counter()
         figures = _write_figures(tmp, [selected[i] for i in sorted(figure_idx)], config, params)
         timing["figures_s"] = time.perf_counter() - t0
         timing["total_s"] = time.perf_counter() - t_start
         summary = _summary_dict(
-            metrics, summary_df, config, model, manifest_dir, manifest_hash(manifest_dir), denoiser, params, figures, timing
+            metrics, summary_df, config, model, manifest_dir, manifest_hash(manifest_dir), denoiser, params, figures, timing, seconds_df
         )
         summary["out_dir"] = str(out_dir.resolve())
         atomic_write_text(tmp / "metrics.csv", metrics.to_csv(index=False, float_format="%.6g"))
@@ -269,14 +285,22 @@ def _read_pair(pair: _Pair) -> tuple[np.ndarray, np.ndarray]:
     return ld, fd
 
 
-def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_idx: set[int], prog) -> tuple[list[dict], dict]:
-    """Denoise, filter and score every selected pair; keep the images of the figure slices."""
-    from ldct_monai.baselines import gaussian_denoise, nlm_denoise
+def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_idx: set[int], prog) -> tuple[list[dict], dict, list[dict]]:
+    """Denoise, filter and score every selected pair; keep the images of the figure slices.
+
+    Returns:
+        (metric rows, total seconds per method, one ``{slice, body_part, method, seconds}`` row per
+        slice and method). A slice's model time is its batch's time shared evenly; NLM and BM3D are
+        charged the slice's noise estimate too (it is part of running them).
+    """
+    from ldct_monai.baselines import apply_baseline, estimate_noise_std
     from ldct_monai.metrics import slice_metrics
 
-    method_time = {m: 0.0 for m in (MODEL, *config.baselines, "metrics")}
+    method_time = {m: 0.0 for m in (MODEL, *config.baselines, "noise_estimate", "metrics")}
     task = prog.add_task("evaluate", total=len(pairs), unit="slice")
     rows: list[dict] = []
+    seconds: list[dict] = []
+    uses_noise = any(b in NOISE_BASED for b in config.baselines)
     for start in range(0, len(pairs), config.batch_size):
         chunk = pairs[start : start + config.batch_size]
         loaded = [_read_pair(p) for p in chunk]
@@ -286,20 +310,29 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
             den = list(denoiser(np.stack([ld for ld, _ in loaded])))
         else:  # mixed slice sizes: one forward pass each
             den = [denoiser(ld) for ld, _ in loaded]
-        method_time[MODEL] += time.perf_counter() - t0
+        model_s = time.perf_counter() - t0
+        method_time[MODEL] += model_s
         for k, (pair, (ld, fd), dn) in enumerate(zip(chunk, loaded, den)):
             bp = pair.body_part
             images = {INPUT: ld, MODEL: np.asarray(dn, dtype=np.float32)}
+            spent = {INPUT: 0.0, MODEL: model_s / len(chunk)}
+            noise_s, noise = 0.0, None
+            if uses_noise:
+                t0 = time.perf_counter()
+                noise = estimate_noise_std(ld)
+                noise_s = time.perf_counter() - t0
+                method_time["noise_estimate"] += noise_s
             for b in config.baselines:
                 t0 = time.perf_counter()
-                p = params[b]["per_body_part"][bp.value]
-                images[b] = gaussian_denoise(ld, p["sigma_px"]) if b == "gaussian" else nlm_denoise(ld, p["h_hu"])
-                method_time[b] += time.perf_counter() - t0
+                strength = params[b]["per_body_part"][bp.value][STRENGTH_NAMES[b]]
+                images[b] = apply_baseline(b, ld, strength, noise)
+                spent[b] = time.perf_counter() - t0 + (noise_s if b in NOISE_BASED else 0.0)
+                method_time[b] += spent[b]
             t0 = time.perf_counter()
             scores = slice_metrics(np.stack([images[m] for m in config.methods]), fd, bp, device=str(denoiser.device))
             method_time["metrics"] += time.perf_counter() - t0
             win = LDCTBENCH_WINDOWS[bp]
-            for m, s in zip(config.methods, scores):
+            for m, sc in zip(config.methods, scores):
                 rows.append(
                     {
                         "slice": start + k,
@@ -311,13 +344,14 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
                         "method": m,
                         "window_center": win.center,
                         "window_width": win.width,
-                        **s,
+                        **sc,
                     }
                 )
+                seconds.append({"slice": start + k, "body_part": bp.value, "method": m, "seconds": spent[m], "noise_hu": noise})
             if start + k in figure_idx:
                 pair.images = {**images, "full_dose": fd}
             prog.update(task, advance=1, info=f"{pair.row['patient_id']} z={float(pair.row['z']):.1f}")
-    return rows, method_time
+    return rows, method_time, seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,26 +360,94 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
 
 
 def _tune_baselines(manifest_dir: Path, config: EvalConfig, body_parts: Sequence[BodyPart], prog) -> dict:
-    """Per-body-part filter strengths (fixed by the config, or tuned on val by noise matching).
+    """Per-body-part strengths of the baselines: fixed by the config, tuned on val, or the defaults.
 
-    Body parts without val slices of both doses use the strengths tuned on all val slices pooled.
+    * Fixed (``gaussian_sigma`` / ``nlm_k`` / ``bm3d_k`` given): used as they are.
+    * ``val_pairs.csv`` in the manifest: every other baseline is tuned per body part by windowed PSNR
+      against the paired full-dose val slices (:func:`ldct_monai.baselines.tune_paired`).
+    * Otherwise the Gaussian sigma is matched to the flat-region noise of the unpaired val full-dose
+      slices, and NLM / BM3D keep their default multipliers.
+
+    Body parts without val slices (pairs, or both doses) use values tuned on all val slices pooled.
 
     Returns:
-        ``{baseline: {"criterion": str, "per_body_part": {bp: {...}}, ...}}``
+        ``{baseline: {"criterion": str, "tuning": "fixed" | "val pairs" | "val noise matching" |
+        "default", "per_body_part": {bp: {<strength name>: value, ...}}}}`` in ``config.baselines`` order.
     """
-    from ldct_monai.baselines import n_tune_steps, noise_level, tune_gaussian, tune_nlm
-
     if not config.baselines:
         return {}
-    fixed = {"gaussian": config.gaussian_sigma, "nlm": config.nlm_h}
-    need_tuning = [b for b in config.baselines if fixed[b] is None]
+    fixed = {"gaussian": config.gaussian_sigma, "nlm": config.nlm_k, "bm3d": config.bm3d_k}
     out: dict = {}
     for b in config.baselines:
         if fixed[b] is not None:
-            key = "sigma_px" if b == "gaussian" else "h_hu"
-            out[b] = {"criterion": "fixed by the user", "per_body_part": {bp.value: {key: fixed[b]} for bp in body_parts}}
-    if not need_tuning:
-        return out
+            out[b] = {
+                "criterion": "fixed by the user",
+                "tuning": "fixed",
+                "per_body_part": {bp.value: {STRENGTH_NAMES[b]: float(fixed[b])} for bp in body_parts},
+            }
+    need = [b for b in config.baselines if fixed[b] is None]
+    if need:
+        pairs = _val_pairs(manifest_dir, config.tune_slices, config.tune_crop)
+        if pairs:
+            out.update(_tune_on_pairs(pairs, need, body_parts, prog))
+        else:
+            if "gaussian" in need:
+                out["gaussian"] = _tune_gaussian_unpaired(manifest_dir, config, body_parts, prog)
+            for b in need:
+                if b in NOISE_BASED:
+                    out[b] = {
+                        "criterion": f"default multiplier of the slice noise (no {VAL_PAIRS_FILE} to tune on), docs/evaluation.md",
+                        "tuning": "default",
+                        "per_body_part": {bp.value: {STRENGTH_NAMES[b]: DEFAULT_STRENGTH[b]} for bp in body_parts},
+                    }
+    return {b: out[b] for b in config.baselines}
+
+
+def _tune_on_pairs(pairs: dict[str, list], need: Sequence[str], body_parts: Sequence[BodyPart], prog) -> dict:
+    """Paired tuning of each baseline in ``need`` per body part (pooled where a body part has no pairs)."""
+    from ldct_monai.baselines import n_paired_steps, tune_paired
+
+    groups = {bp.value: pairs[bp.value] for bp in body_parts if pairs.get(bp.value)}
+    if len(groups) < len(body_parts):
+        groups[ALL] = [p for ps in pairs.values() for p in ps]
+    task = prog.add_task("tune baselines (val pairs)", total=len(groups) * len(need) * n_paired_steps(), unit="fit")
+    tuned: dict[str, dict[str, dict]] = {b: {} for b in need}
+    for key, group in groups.items():
+        triples = [(ld, fd, win) for ld, fd, win, _ in group]
+        noise = [n for *_, n in group]
+        for b in need:
+            step = lambda: prog.update(task, advance=1, info=f"{b} {key}")  # noqa: E731
+            t = tune_paired(b, triples, on_step=step, noise_hu=noise)
+            tuned[b][key] = {
+                STRENGTH_NAMES[b]: t.param,
+                "val_psnr_db": t.psnr_db,
+                "val_input_psnr_db": t.input_psnr_db,
+                "at_bound": t.at_bound,
+                "n_val_pairs": t.n_pairs,
+                "tried": [[round(p, 4), round(v, 4)] for p, v in t.tried],
+            }
+            if b in NOISE_BASED:
+                tuned[b][key]["val_noise_hu"] = float(np.median(noise))
+            if t.at_bound:
+                log.warning("%s on body part %s: the best strength %.3g is at the edge of the search.", b, key, t.param)
+    prog.update(task, completed=prog.tasks[task].total)
+    out = {}
+    for b in need:
+        per_bp = {}
+        for bp in body_parts:
+            own = tuned[b].get(bp.value)
+            per_bp[bp.value] = dict(own) if own is not None else {**tuned[b][ALL], "pooled": True}
+        out[b] = {
+            "criterion": f"windowed PSNR against the paired full-dose val slices ({VAL_PAIRS_FILE}), docs/evaluation.md",
+            "tuning": "val pairs",
+            "per_body_part": per_bp,
+        }
+    return out
+
+
+def _tune_gaussian_unpaired(manifest_dir: Path, config: EvalConfig, body_parts: Sequence[BodyPart], prog) -> dict:
+    """Gaussian sigma per body part matched to the flat-region noise of the unpaired val full-dose slices."""
+    from ldct_monai.baselines import n_tune_steps, noise_level, tune_gaussian
 
     val = _val_slices(manifest_dir, config.tune_slices)
     groups: dict[str, tuple[list, list]] = {}
@@ -358,41 +460,86 @@ def _tune_baselines(manifest_dir: Path, config: EvalConfig, body_parts: Sequence
         pooled_fd = [im for _, fd in val.values() for im in fd]
         if not (pooled_ld and pooled_fd):
             raise InputError(
-                f"{manifest_dir}: the val split has no low-dose and full-dose slices to tune the baselines on "
-                "(give --gaussian-sigma / --nlm-h, or --baselines none)."
+                f"{manifest_dir}: the val split has no low-dose and full-dose slices to tune the Gaussian baseline on "
+                f"(add {VAL_PAIRS_FILE}, or give --gaussian-sigma, or leave gaussian out of --baselines)."
             )
         groups[ALL] = (pooled_ld, pooled_fd)
 
-    task = prog.add_task("tune baselines (val)", total=len(groups) * len(need_tuning) * n_tune_steps(), unit="fit")
-    tuned: dict[str, dict[str, dict]] = {b: {} for b in need_tuning}
+    task = prog.add_task("tune Gaussian (val noise)", total=len(groups) * n_tune_steps(), unit="fit")
+    tuned: dict[str, dict] = {}
     for key, (ld, fd) in groups.items():
         target = noise_level(fd)
         if not math.isfinite(target):
             raise InputError(
                 f"{manifest_dir}: no homogeneous soft tissue ([-50, 150] HU) found in the val full-dose slices "
-                f"of body part {key}: cannot measure their noise (give --gaussian-sigma / --nlm-h)."
+                f"of body part {key}: cannot measure their noise (give --gaussian-sigma)."
             )
         step = lambda: prog.update(task, advance=1, info=f"{key}")  # noqa: E731
-        for b in need_tuning:
-            if b == "gaussian":
-                t = tune_gaussian(ld, target, on_step=step)
-                tuned[b][key] = {"sigma_px": t.param, **_tuned_facts(t, len(ld), len(fd))}
-            else:
-                t, sigma = tune_nlm(ld, target, on_step=step)
-                tuned[b][key] = {"h_hu": t.param, "h_over_sigma": t.param / sigma, **_tuned_facts(t, len(ld), len(fd))}
-            if not t.reached:
-                log.warning("%s on body part %s: could not match the full-dose noise %.1f HU (got %.1f HU).", b, key, target, t.noise_hu)
+        t = tune_gaussian(ld, target, on_step=step)
+        tuned[key] = {"sigma_px": t.param, **_tuned_facts(t, len(ld), len(fd))}
+        if not t.reached:
+            log.warning("gaussian on body part %s: could not match the full-dose noise %.1f HU (got %.1f HU).", key, target, t.noise_hu)
     prog.update(task, completed=prog.tasks[task].total)
-    for b in need_tuning:
-        per_bp = {}
-        for bp in body_parts:
-            own = tuned[b].get(bp.value)
-            per_bp[bp.value] = dict(own) if own is not None else {**tuned[b][ALL], "pooled": True}
-        out[b] = {
-            "criterion": "strength matched to the flat-region noise of the val full-dose slices, docs/evaluation.md",
-            "per_body_part": per_bp,
-        }
-    return {b: out[b] for b in config.baselines}
+    per_bp = {}
+    for bp in body_parts:
+        own = tuned.get(bp.value)
+        per_bp[bp.value] = dict(own) if own is not None else {**tuned[ALL], "pooled": True}
+    return {
+        "criterion": "strength matched to the flat-region noise of the val full-dose slices, docs/evaluation.md",
+        "tuning": "val noise matching",
+        "per_body_part": per_bp,
+    }
+
+
+def _val_pairs(manifest_dir: Path, per_group: int, crop: int | None) -> dict[str, list] | None:
+    """Up to ``per_group`` evenly spaced paired val slices per body part, from ``val_pairs.csv``.
+
+    Returns:
+        ``{body part: [(ld HU, fd HU, window, ld noise HU), ...]}`` (centre-cropped to ``crop`` px, the
+        noise estimated on the whole low-dose slice), or None when the manifest has no (or an empty)
+        ``val_pairs.csv``.
+
+    Raises:
+        InputError: the file lacks a column, or a pair's slices differ in size.
+    """
+    import pandas as pd
+
+    from ldct_monai.baselines import estimate_noise_std
+    from ldct_monai.manifest import PATH_COLUMNS, data_root_of
+
+    path = Path(manifest_dir) / VAL_PAIRS_FILE
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path, dtype={"patient_id": str})
+    missing = [c for c in TEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}.")
+    if df.empty:
+        log.warning("%s: no pairs; baselines are tuned without them.", path)
+        return None
+    root = data_root_of(manifest_dir)
+    for col in PATH_COLUMNS:
+        if col in df.columns:
+            df[col] = [str(p if Path(p).is_absolute() else root / p) for p in df[col].astype(str)]
+    df = df.assign(_bp=[body_part_of(v).value if _is_body_part(v) else None for v in df["body_part"]])
+    df = df[df["_bp"].notna()].sort_values(["_bp", "patient_id", "z"])
+    out: dict[str, list] = {}
+    for bp, g in df.groupby("_bp", sort=True):
+        recs = g.to_dict("records")
+        idx = np.unique(np.round(np.linspace(0, len(recs) - 1, min(per_group, len(recs)))).astype(int))
+        for i in idx:
+            pair = _Pair(row=recs[i], body_part=body_part_of(bp))
+            ld, fd = _read_pair(pair)
+            out.setdefault(bp, []).append((_centre_crop(ld, crop), _centre_crop(fd, crop), LDCTBENCH_WINDOWS[pair.body_part], estimate_noise_std(ld)))
+    return out or None
+
+
+def _centre_crop(x: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None:
+        return x
+    h, w = x.shape
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return x[top : top + size, left : left + size]
 
 
 def _tuned_facts(t, n_ld: int, n_fd: int) -> dict:
@@ -438,7 +585,7 @@ def _val_slices(manifest_dir: Path, per_group: int) -> dict[str, tuple[list, lis
 # --------------------------------------------------------------------------------------------------
 
 
-def summarize(metrics, methods: Sequence[str]):
+def summarize(metrics, methods: Sequence[str], seconds=None):
     """Per body part (and pooled "all") x method: n, mean, std and the paired gain vs the low-dose input.
 
     The gain of a method is the mean (and std) over slices of ``metric(method) - metric(input)`` on the
@@ -447,9 +594,11 @@ def summarize(metrics, methods: Sequence[str]):
     Args:
         metrics: the per-slice table (``metrics.csv``).
         methods: method names in report order.
+        seconds: optional per slice x method run times (columns slice, body_part, method, seconds).
 
     Returns:
-        pandas DataFrame with columns body_part, method, n, and ``<metric>_{mean,std,gain_mean,gain_std}``.
+        pandas DataFrame with columns body_part, method, n, ``<metric>_{mean,std,gain_mean,gain_std}``
+        and, with ``seconds``, ``seconds_per_slice`` (mean wall time of the method on one slice).
     """
     import pandas as pd
 
@@ -469,6 +618,9 @@ def summarize(metrics, methods: Sequence[str]):
                 rec[f"{col}_std"] = _std(vals.to_numpy())
                 rec[f"{col}_gain_mean"] = _mean(gain)
                 rec[f"{col}_gain_std"] = _std(gain)
+            if seconds is not None:
+                sec = seconds[seconds["method"] == m] if bp == ALL else seconds[(seconds["method"] == m) & (seconds["body_part"] == bp)]
+                rec["seconds_per_slice"] = _mean(sec["seconds"].to_numpy())
             recs.append(rec)
     return pd.DataFrame(recs)
 
@@ -487,7 +639,7 @@ def _std(x: np.ndarray) -> float:
     return float(np.std(x, ddof=1))
 
 
-def _summary_dict(metrics, summary_df, config, model, manifest_dir, mhash, denoiser, params, figures, timing) -> dict:
+def _summary_dict(metrics, summary_df, config, model, manifest_dir, mhash, denoiser, params, figures, timing, seconds=None) -> dict:
     from ldct_monai.runtime import package_versions
 
     results: dict = {}
@@ -495,8 +647,14 @@ def _summary_dict(metrics, summary_df, config, model, manifest_dir, mhash, denoi
         entry = {"n": rec["n"]}
         for col in METRIC_COLUMNS:
             entry[col] = {s: finite_or_none(rec[f"{col}_{s}"]) for s in ("mean", "std", "gain_mean", "gain_std")}
+        if "seconds_per_slice" in rec:
+            entry["seconds_per_slice"] = finite_or_none(rec["seconds_per_slice"])
         results.setdefault(rec["body_part"], {})[rec["method"]] = entry
     slices = metrics[metrics["method"] == INPUT]
+    noise: dict = {}
+    if seconds is not None and seconds["noise_hu"].notna().any():
+        first = seconds[seconds["method"] == INPUT].dropna(subset=["noise_hu"])
+        noise = {bp: round(float(np.median(g["noise_hu"])), 2) for bp, g in first.groupby("body_part")}
     return {
         "format": SUMMARY_FORMAT,
         "tool": f"ldct-monai {__version__} evaluate",
@@ -518,6 +676,9 @@ def _summary_dict(metrics, summary_df, config, model, manifest_dir, mhash, denoi
         "slices_per_body_part": {bp: int(n) for bp, n in slices.groupby("body_part").size().items()},
         "conventions": conventions_description(),
         "baselines": params,
+        "baseline_tuning": {b: p["tuning"] for b, p in params.items()},
+        "test_noise_hu_median": noise,  # sigma_hat of the test low-dose slices (NLM / BM3D scale with it)
+        "seconds_per_slice": {m: results[ALL][m].get("seconds_per_slice") for m in config.methods},
         "results": results,
         "files": {"metrics": "metrics.csv", "summary_csv": "summary.csv", "summary_md": "summary.md"},
         "figures": figures,
@@ -528,6 +689,30 @@ def _summary_dict(metrics, summary_df, config, model, manifest_dir, mhash, denoi
 
 def _fmt(x: float | None, digits: int) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _fmt_seconds(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3f}" if x < 1 else f"{x:.1f}"
+
+
+def _baseline_setting(method: str, v: dict) -> str:
+    """One line of the Baselines section: the strength and the facts of how it was chosen."""
+    if method == "gaussian":
+        s = f"sigma {v['sigma_px']:.3g} px"
+    else:
+        s = f"k {v['k']:.3g}"
+    if "val_fd_noise_hu" in v:
+        s += f"; val noise LD {v['val_ld_noise_hu']:.1f} HU -> {v['filtered_noise_hu']:.1f} HU (FD target {v['val_fd_noise_hu']:.1f} HU)"
+    if "val_psnr_db" in v:
+        s += (
+            f"; windowed PSNR on {v['n_val_pairs']} val pairs {v['val_input_psnr_db']:.2f} -> {v['val_psnr_db']:.2f} dB"
+            + (" [best at the edge of the search]" if v.get("at_bound") else "")
+        )
+    if v.get("pooled"):
+        s += " [pooled over body parts]"
+    return s
 
 
 def _fmt_gain(x: float | None, digits: int) -> str:
@@ -563,6 +748,7 @@ def summary_markdown(summary: dict) -> str:
         for m in METRICS:
             unit = f" ({METRIC_UNITS[m]})" if METRIC_UNITS[m] else ""
             head += [f"{m.upper()}{unit}", f"Δ {m.upper()}"]
+        head.append("s / slice")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for bp, per_method in summary["results"].items():
             for method in summary["methods"]:
@@ -573,6 +759,7 @@ def summary_markdown(summary: dict) -> str:
                     d = DIGITS[m]
                     cells.append(f"{_fmt(s['mean'], d)} ± {_fmt(s['std'], d)}")
                     cells.append("—" if method == INPUT else _fmt_gain(s["gain_mean"], d))
+                cells.append("—" if method == INPUT else _fmt_seconds(e.get("seconds_per_slice")))
                 lines.append("| " + " | ".join(cells) + " |")
     ss = conv["ssim"]
     lines += [
@@ -585,20 +772,26 @@ def summary_markdown(summary: dict) -> str:
         f"K1 {ss['k1']}, K2 {ss['k2']}, data range 1 on the [0, 1] scale; PSNR: MONAI PSNRMetric, data range 1.",
     ]
     if summary["baselines"]:
-        lines += ["", "## Baselines", ""]
+        lines += [
+            "",
+            "## Baselines",
+            "",
+            "Strengths per body part: Gaussian sigma in px; NLM h = k x sigma_hat and BM3D sigma_psd = k x sigma_hat, "
+            "sigma_hat the noise std estimated on each low-dose slice itself"
+            + (
+                " (median on the test slices: "
+                + ", ".join(f"{BODY_PART_NAMES.get(bp, bp)} {v:.1f} HU" for bp, v in summary.get("test_noise_hu_median", {}).items())
+                + ")"
+                if summary.get("test_noise_hu_median")
+                else ""
+            )
+            + ".",
+            "",
+        ]
         for b, p in summary["baselines"].items():
-            lines.append(f"- {labels[b]} ({p['criterion']}):")
+            lines.append(f"- {labels[b]}, tuning: {p.get('tuning', 'n/a')} ({p['criterion']}):")
             for bp, v in p["per_body_part"].items():
-                if b == "gaussian":
-                    s = f"sigma {v['sigma_px']:.3g} px"
-                else:
-                    s = f"h {v['h_hu']:.3g} HU" + (f" ({v['h_over_sigma']:.2f} x LD noise)" if "h_over_sigma" in v else "")
-                if "val_fd_noise_hu" in v:
-                    s += (
-                        f"; val noise LD {v['val_ld_noise_hu']:.1f} HU -> {v['filtered_noise_hu']:.1f} HU "
-                        f"(FD target {v['val_fd_noise_hu']:.1f} HU)" + (" [pooled over body parts]" if v.get("pooled") else "")
-                    )
-                lines.append(f"  - {BODY_PART_NAMES.get(bp, bp)}: {s}")
+                lines.append(f"  - {BODY_PART_NAMES.get(bp, bp)}: {_baseline_setting(b, v)}")
     if summary["figures"]:
         lines += ["", "## Figures", ""]
         for f in summary["figures"]:
@@ -660,11 +853,12 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "slice"
 
 
-SHORT_LABELS = {INPUT: "low-dose", MODEL: "model", "gaussian": "Gaussian", "nlm": "NLM"}
+SHORT_LABELS = {INPUT: "low-dose", MODEL: "model", "gaussian": "Gaussian", "nlm": "NLM", "bm3d": "BM3D"}
 
 
 def summary_table(summary: dict, per_body_part: bool = False):
-    """A short rich table (fits 80 columns): mean PSNR / SSIM per method and convention, gain vs input.
+    """A short rich table (fits 80 columns): mean PSNR / SSIM per method and convention, gain vs input,
+    and each method's seconds per slice.
 
     Args:
         summary: the dict :func:`evaluate` returns (or ``summary.json`` loaded).
@@ -683,6 +877,7 @@ def summary_table(summary: dict, per_body_part: bool = False):
     for c in ("full", "window"):
         table.add_column(f"PSNR dB {c}", justify="right", no_wrap=True)
         table.add_column(f"SSIM {c}", justify="right", no_wrap=True)
+    table.add_column("s/slice", justify="right", no_wrap=True)
     parts = [ALL] + ([bp for bp in summary["results"] if bp != ALL] if per_body_part else [])
     for bp in parts:
         if per_body_part:
@@ -701,6 +896,7 @@ def summary_table(summary: dict, per_body_part: bool = False):
                         colour = "green" if g > 0 else "red"
                         txt += f" [{colour}]{_fmt_gain(g, d)}[/]"
                     cells.append(txt)
+            cells.append("" if method == INPUT else _fmt_seconds(e.get("seconds_per_slice")))
             table.add_row(*cells, end_section=method == summary["methods"][-1])
     return table
 

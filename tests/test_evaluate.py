@@ -28,7 +28,7 @@ SIZE = 64  # px; big enough for SSIM (11 px) and for flat tissue around the inse
 Z = (0.0, 1.25)  # two slices per series
 LD_NOISE, FD_NOISE = 40.0, 12.0  # HU
 BODY = {"C": "CHEST", "L": "ABDOMEN", "N": "HEAD"}
-METHODS = ["low_dose", "model", "gaussian", "nlm"]
+METHODS = ["low_dose", "model", "gaussian", "nlm", "bm3d"]
 
 
 def phantom(seed: int) -> np.ndarray:
@@ -140,17 +140,18 @@ def test_report_has_every_file_and_column(workspace):
     metrics = pd.read_csv(rep / "metrics.csv", dtype={"patient_id": str})
     for col in ("slice", "patient_id", "body_part", "z", "ld_sop_uid", "fd_sop_uid", "method", "window_center", "window_width", *METRIC_COLUMNS):
         assert col in metrics.columns
-    assert len(metrics) == 6 * 4  # 3 body parts x 2 slices, 4 methods each
+    assert len(metrics) == 6 * 5  # 3 body parts x 2 slices, 5 methods each
     assert sorted(set(metrics["method"])) == sorted(METHODS)
     assert metrics.groupby("body_part")["window_width"].first().to_dict() == {"C": 1500, "L": 400, "N": 80}
     summ = pd.read_csv(rep / "summary.csv")
-    assert set(summ["body_part"]) == {"C", "L", "N", "all"} and len(summ) == 4 * 4
+    assert set(summ["body_part"]) == {"C", "L", "N", "all"} and len(summ) == 4 * 5
+    assert (summ.loc[summ.method != "low_dose", "seconds_per_slice"] > 0).all()
     for col in METRIC_COLUMNS:
         for stat in ("mean", "std", "gain_mean", "gain_std"):
             assert f"{col}_{stat}" in summ.columns
     assert json.loads((rep / "summary.json").read_text())["results"]["all"]["model"]["n"] == 6
     md = (rep / "summary.md").read_text()
-    assert "LDCTBench" in md and "Full range" in md and "non-local means" in md
+    assert "LDCTBench" in md and "Full range" in md and "non-local means" in md and "BM3D" in md and "s / slice" in md
     assert len(summary["figures"]) == 2 and all((rep / f["comparison"]).is_file() and (rep / f["difference"]).is_file() for f in summary["figures"])
     assert [f["body_part"] for f in summary["figures"]] == ["C", "L"]  # one per body part first
 
@@ -183,9 +184,14 @@ def test_metrics_recomputed_from_the_files(workspace):
 def test_baselines_tuned_on_val_beat_the_input(workspace):
     _, _, summary = workspace
     res = summary["results"]["all"]
-    for b in ("gaussian", "nlm"):
+    for b in ("gaussian", "nlm", "bm3d"):
         assert res[b]["psnr_full"]["gain_mean"] > 3.0  # 40 HU white noise -> ~12 HU: several dB
         assert res[b]["rmse_full"]["gain_mean"] < 0
+    # no val_pairs.csv: Gaussian by unpaired noise matching, NLM / BM3D at their default multipliers
+    assert summary["baseline_tuning"] == {"gaussian": "val noise matching", "nlm": "default", "bm3d": "default"}
+    assert {v["k"] for v in summary["baselines"]["nlm"]["per_body_part"].values()} == {0.9}
+    assert {v["k"] for v in summary["baselines"]["bm3d"]["per_body_part"].values()} == {2.0}
+    assert summary["test_noise_hu_median"]["L"] == pytest.approx(LD_NOISE, rel=0.15)  # sigma_hat of the test LD slices
     g = summary["baselines"]["gaussian"]["per_body_part"]["L"]
     assert g["val_ld_noise_hu"] == pytest.approx(LD_NOISE, rel=0.2)
     assert g["val_fd_noise_hu"] == pytest.approx(FD_NOISE, rel=0.2)
@@ -267,7 +273,7 @@ def test_cli_runs_and_reports(workspace, tmp_path):
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["config"]["max_slices"] == 2
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "not empty" in res.output and "Traceback" not in res.output
-    res = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "x"), "--baselines", "bm3d,nlm"])
+    res = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "x"), "--baselines", "bm4d,nlm"])
     assert res.exit_code == 1 and "unknown baseline" in res.output
 
 
@@ -297,3 +303,67 @@ def test_noise_matching_hits_the_target():
     nlm = match_noise(nlm_denoise, ld, 10.0, (1.0, 150.0))
     assert nlm.reached and nlm.noise_hu <= 10.0
     assert match_noise(gaussian_denoise, ld, 50.0, (0.1, 5.0)).param == 0.1  # already below target
+
+
+def add_val_pairs(man: Path, body_parts: str = "CL") -> None:
+    """A hand-made val_pairs.csv (same columns as test_pairs.csv): one paired val patient per body part."""
+    import pydicom
+
+    root = Path(json.loads((man / "splits.json").read_text())["data_root"])
+    rows = []
+    for k, bp in enumerate(body_parts):
+        pid = f"{bp}004"
+        clean = phantom(10 * k + 2)
+        ld = write(root, pid, "low", clean, seed=400 + k)
+        fd = write(root, pid, "full", clean, seed=500 + k)
+        for a, b in zip(ld, fd):
+            da, db = pydicom.dcmread(a, stop_before_pixels=True), pydicom.dcmread(b, stop_before_pixels=True)
+            rows.append(
+                {
+                    "patient_id": pid,
+                    "body_part": bp,
+                    "z": float(da.ImagePositionPatient[2]),
+                    "ld_path": str(a.relative_to(root)),
+                    "fd_path": str(b.relative_to(root)),
+                    "ld_sop_uid": da.SOPInstanceUID,
+                    "fd_sop_uid": db.SOPInstanceUID,
+                }
+            )
+    pd.DataFrame(rows).to_csv(man / "val_pairs.csv", index=False)
+
+
+def test_val_pairs_tune_each_baseline_and_seconds_are_reported(workspace, tmp_path):
+    from rich.console import Console
+
+    tmp, man, _ = workspace
+    paired = tmp_path / "manifest"
+    shutil.copytree(man, paired)
+    add_val_pairs(paired)  # chest and abdomen only: head falls back to the pooled pairs
+    cfg = EvalConfig(device="cpu", n_figures=0, baselines=("gaussian", "nlm", "bm3d"), bm3d_k=1.5, max_slices=3)
+    s = evaluate(paired, tmp / "run", tmp_path / "rep", cfg, progress=False)
+    assert s["baseline_tuning"] == {"gaussian": "val pairs", "nlm": "val pairs", "bm3d": "fixed"}
+    for b, name in (("gaussian", "sigma_px"), ("nlm", "k")):
+        per = s["baselines"][b]["per_body_part"]
+        assert "val_pairs.csv" in s["baselines"][b]["criterion"]
+        for bp in "CL":
+            v = per[bp]
+            tried = dict(map(tuple, v["tried"]))
+            assert v["n_val_pairs"] == 2 and not v.get("pooled")
+            assert v["val_psnr_db"] == pytest.approx(max(tried.values()), abs=1e-3)  # the best strength it tried
+            assert v["val_psnr_db"] > v["val_input_psnr_db"] + 2.0
+            assert v[name] == pytest.approx(max(tried, key=tried.get), rel=1e-3)
+        assert per["N"]["pooled"] and per["N"]["n_val_pairs"] == 4
+    # white 40 HU noise vs 12 HU: NLM wants h around the noise, the Gaussian a sigma near 1 px
+    assert 0.3 < s["baselines"]["nlm"]["per_body_part"]["L"]["k"] < 3.0
+    assert 0.4 < s["baselines"]["gaussian"]["per_body_part"]["L"]["sigma_px"] < 2.0
+    assert s["baselines"]["bm3d"]["per_body_part"]["L"] == {"k": 1.5}
+    sec = s["seconds_per_slice"]
+    assert set(sec) == set(METHODS) and all(sec[m] > 0 for m in METHODS if m != "low_dose")
+    assert s["results"]["L"]["bm3d"]["seconds_per_slice"] > 0
+    summ = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert summ.loc[(summ.body_part == "all") & (summ.method == "nlm"), "seconds_per_slice"].item() == pytest.approx(sec["nlm"], rel=1e-4)
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "tuning: val pairs" in md and "tuning: fixed" in md and "[pooled over body parts]" in md
+    con = Console(record=True, width=100)
+    con.print(summary_table(s))
+    assert "s/slice" in con.export_text()
