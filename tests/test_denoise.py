@@ -341,3 +341,56 @@ def test_interrupted_run_leaves_nothing(identity_model, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         denoise_series(src, tmp_path / "out", identity_model, device="cpu", progress=False, batch_size=1)
     assert len(calls) >= 3 and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_classical_method_writes_a_derived_series_without_a_model(tmp_path):
+    """--method bm3d: no --model, a valid derived series whose DerivationDescription names BM3D and its parameters."""
+    import shutil
+
+    src = tmp_path / "in" / "patient" / "series"
+    files = write_series(src, n_slices=2, size=64, body_part="ABDOMEN")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["denoise", str(tmp_path / "in"), str(out), "--method", "bm3d"])
+    assert r.exit_code == 0, r.output
+    msg = " ".join(r.output.split())
+    assert "Method bm3d (bm3d " in msg and "k 2" in msg and "s per slice" in msg and "Wrote 2 slices" in msg
+    outs = sorted(out.glob("*.dcm"))
+    assert len(outs) == 2
+    sources = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f) for f in files}
+    for f in outs:
+        ds = pydicom.dcmread(f)
+        src_ds = sources[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        desc = ds.DerivationDescription
+        assert "with method bm3d: BM3D (bm3d " in desc and "sigma_psd = 2 x sigma_hat" in desc and "soft-tissue windows" in desc
+        assert "[denoised bm3d]" in ds.SeriesDescription and list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert ds.ContributingEquipmentSequence[-1].ManufacturerModelName == "bm3d"
+        assert ds.SeriesInstanceUID != src_ds.SeriesInstanceUID and ds.StudyInstanceUID == src_ds.StudyInstanceUID
+        disc = src_ds.pixel_array.astype(float) > src_ds.pixel_array.mean()  # the water disc (10 HU noise)
+        assert ds.pixel_array[disc].std() < 0.6 * src_ds.pixel_array[disc].std()  # the noise went down
+        assert abs(float(ds.pixel_array[disc].mean()) - float(src_ds.pixel_array[disc].mean())) < 3  # HU kept
+        if shutil.which("dciodvfy"):
+            assert dciodvfy_errors(f) == []
+    r = CliRunner().invoke(app, ["denoise", str(tmp_path / "in"), str(tmp_path / "g"), "--method", "gaussian", "--strength", "0.8"])
+    assert r.exit_code == 0, r.output
+    assert "sigma 0.8 px" in pydicom.dcmread(next((tmp_path / "g").glob("*.dcm"))).DerivationDescription
+
+
+def test_method_options_are_checked_before_any_work(identity_model, tmp_path):
+    src = tmp_path / "in"
+    write_series(src, n_slices=2, size=32)
+    runner = CliRunner()
+    cases = [
+        ([], "--method model needs --model"),
+        (["--method", "wiener"], "--method must be model, gaussian, nlm, bm3d"),
+        (["--method", "bm3d", "--model", str(identity_model)], "--model is not used by --method bm3d"),
+        (["--method", "nlm", "--tile", "32", "--strength", "-1"], "--tile applies to --method model only"),
+        (["--model", str(identity_model), "--strength", "2"], "--strength applies to the classical methods"),
+    ]
+    for k, (extra, expected) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        r = runner.invoke(app, ["denoise", str(src), str(out), *extra])
+        msg = " ".join(r.output.split())
+        assert r.exit_code == 1 and expected in msg and "Traceback" not in r.output, (extra, msg)
+        assert not out.exists()
+    r = runner.invoke(app, ["denoise", str(src), str(tmp_path / "o"), "--method", "nlm", "--tile", "32", "--strength", "-1"])
+    assert "finite number >= 0" in " ".join(r.output.split())  # every problem in one message

@@ -1,5 +1,8 @@
 """`ldct-monai denoise SERIES_DIR OUT_DIR --model MODEL`: a CT series in, a derived denoised series out.
 
+``--method bm3d|nlm|gaussian`` denoises with a classical method of :mod:`ldct_monai.baselines` instead
+(no model needed); the derived series records the method and its parameters in DerivationDescription.
+
 The library entry point is :func:`denoise_series` (used by ``evaluate`` and ``demo`` too); the typer
 command :func:`denoise` only maps options onto it and prints the result. See ``docs/denoise.md``.
 """
@@ -26,8 +29,10 @@ log = logging.getLogger(__name__)
 def denoise_series(
     series_dir: str | Path,
     out_dir: str | Path,
-    model_path: str | Path,
+    model_path: str | Path | None = None,
     *,
+    method: str = "model",
+    strength: float | None = None,
     device: str = "auto",
     precision: str = "fp32",
     batch_size: int = 4,
@@ -43,7 +48,12 @@ def denoise_series(
     Args:
         series_dir: folder holding the series (searched recursively; other files are ignored).
         out_dir: output folder; created atomically (temporary sibling, then rename).
-        model_path: a run folder or its ``model/`` folder (card + weights).
+        model_path: a run folder or its ``model/`` folder (card + weights); for ``method="model"`` only.
+        method: "model" (the trained generator), or a classical method of :mod:`ldct_monai.baselines`:
+            "bm3d", "nlm" or "gaussian" (CPU, one slice at a time, no model needed).
+        strength: classical methods only: Gaussian sigma in px, or the multiplier k of each slice's
+            noise estimate (NLM h = k sigma_hat, BM3D sigma_psd = k sigma_hat); the documented
+            default (``baselines.DEFAULT_STRENGTH``) when None.
         device: "auto", "cpu" or "cuda[:N]".
         precision: "fp32" (default), "bf16" or "fp16" autocast.
         batch_size: slices (or tiles) per forward pass.
@@ -59,9 +69,11 @@ def denoise_series(
 
     Returns:
         Summary: ``n_slices``, ``series_instance_uid`` (output), ``source_series_instance_uid``,
-        ``series_number``, ``out_dir``, ``files``, ``model``, ``card_hash``, ``device``, ``precision``,
-        ``mode``, ``skipped_files`` and ``timings`` (``scan_s``, ``load_model_s``, ``denoise_s``,
-        ``model_s``, ``total_s``, ``slices_per_s``).
+        ``series_number``, ``out_dir``, ``files``, ``method``, ``parameters`` (classical methods: the
+        strength, the noise estimates, seconds per slice), ``model`` (the model's or method's name),
+        ``card_hash`` (None for classical methods), ``device``, ``precision``, ``mode``,
+        ``skipped_files`` and ``timings`` (``scan_s``, ``load_model_s``, ``denoise_s``, ``model_s``,
+        ``total_s``, ``slices_per_s``).
 
     Raises:
         InputError: bad series, model, options or output location (nothing is written).
@@ -76,28 +88,39 @@ def denoise_series(
     from ldct_monai.progress import make_progress
 
     t0 = time.perf_counter()
+    method = _check_method_options(method, model_path, strength, precision, tile)
     series_dir, out_dir = Path(series_dir), Path(out_dir)
     _check_not_nested(series_dir, out_dir)
     check_output_dir(out_dir, overwrite)  # fail before any heavy work
     series = read_series(series_dir, series_uid)
     t_scan = time.perf_counter()
-    model = load_model(Path(model_path))
-    denoiser = Denoiser(model, device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap)
-    t_model = time.perf_counter()
+    model = None
+    if method == "model":
+        model = load_model(Path(model_path))
+        denoiser = Denoiser(model, device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap)
+        window = model.hu_window
+        card = model.card
+        label, keep_above = model.name, window.high
+        derivation = (
+            f"Denoised by ldct-monai {__version__} with model '{model.name}' "
+            f"(card sha256 {model.card_hash}, step {card.get('step')}, manifest {card.get('manifest_hash')}): "
+            f"low-dose to full-dose CycleGAN ResNet generator, HU window [{window.low:g}, {window.high:g}], "
+            f"{precision}, {denoiser.mode}. Pixels outside the field of view and above {window.high:g} HU keep "
+            "their source values."
+        )
+    else:
+        from ldct_monai.baselines import ClassicalDenoiser
+        from ldct_monai.metrics import FULL_RANGE_HU
 
-    window = model.hu_window
-    card = model.card
-    derivation = (
-        f"Denoised by ldct-monai {__version__} with model '{model.name}' "
-        f"(card sha256 {model.card_hash}, step {card.get('step')}, manifest {card.get('manifest_hash')}): "
-        f"low-dose to full-dose CycleGAN ResNet generator, HU window [{window.low:g}, {window.high:g}], "
-        f"{precision}, {denoiser.mode}. Pixels outside the field of view and above {window.high:g} HU keep "
-        "their source values."
-    )
+        denoiser = ClassicalDenoiser(method, strength)
+        label, keep_above = method, FULL_RANGE_HU[1]
+        derivation = (
+            f"Denoised by ldct-monai {__version__} with method {method}: {denoiser.describe()}; "
+            f"{denoiser.mode}. Pixels outside the field of view and above {keep_above:g} HU keep their source values."
+        )
+    t_model = time.perf_counter()
     first = series.header(0)  # minted UIDs set, unreadable vendor elements dropped (as the slices are read)
-    derived = DerivedSeries.for_source(
-        first, what=f"denoised {model.name}", derivation_description=derivation, model_name=model.name
-    )
+    derived = DerivedSeries.for_source(first, what=f"denoised {label}", derivation_description=derivation, model_name=label)
     width = max(4, len(str(len(series))))
     names = [f"IM-{i + 1:0{width}d}.dcm" for i in range(len(series))]
     refs, rows, cols = series.slices, series.rows, series.columns
@@ -116,7 +139,7 @@ def denoise_series(
                 return i, pool.submit(decode_hu, refs[i], i, rows, cols).result()
 
             def save(i: int, hu_out: Any) -> Path:
-                return pool.submit(write_denoised_slice_from_file, refs[i], i, rows, cols, hu_out, derived, tmp / names[i], window.high).result()
+                return pool.submit(write_denoised_slice_from_file, refs[i], i, rows, cols, hu_out, derived, tmp / names[i], keep_above).result()
 
             io_threads = n_workers
         else:
@@ -126,7 +149,7 @@ def denoise_series(
                 return s, s.hu
 
             def save(s: Any, hu_out: Any) -> Path:
-                return write_denoised_slice(s, hu_out, derived, tmp / names[s.index], window.high)
+                return write_denoised_slice(s, hu_out, derived, tmp / names[s.index], keep_above)
 
             io_threads = 2
         bar = stack.enter_context(make_progress(disable=not progress))
@@ -150,8 +173,10 @@ def denoise_series(
         "series_description": derived.series_description,
         "out_dir": str(out_dir),
         "files": [str(f) for f in files],
-        "model": model.name,
-        "card_hash": model.card_hash,
+        "method": method,
+        "parameters": denoiser.parameters() if model is None else {"method": "model", "model": model.name},
+        "model": label,
+        "card_hash": model.card_hash if model is not None else None,
         "device": str(denoiser.device),
         "precision": precision,
         "mode": denoiser.mode,
@@ -168,6 +193,36 @@ def denoise_series(
             "slices_per_s": round(stats.items_per_s, 3),
         },
     }
+
+
+def _check_method_options(method: str, model_path: str | Path | None, strength: float | None, precision: str, tile: int | None) -> str:
+    """``method`` lower-cased after checking that the other options fit it (every problem in one message)."""
+    from ldct_monai.baselines import BASELINES, check_strength
+
+    m = str(method).strip().lower()
+    if m != "model" and m not in BASELINES:
+        raise InputError(f"--method must be model, {', '.join(BASELINES)}; found {method!r}.")
+    problems = []
+    if m == "model":
+        if model_path is None:
+            problems.append("--method model needs --model RUN_DIR (or choose --method bm3d, nlm or gaussian)")
+        if strength is not None:
+            problems.append("--strength applies to the classical methods (bm3d, nlm, gaussian), not to --method model")
+    else:
+        if model_path is not None:
+            problems.append(f"--model is not used by --method {m} (leave it out, or use --method model)")
+        if tile is not None:
+            problems.append(f"--tile applies to --method model only, not to {m}")
+        if precision != "fp32":
+            problems.append(f"--precision applies to --method model only, not to {m}")
+        if strength is not None:
+            try:
+                check_strength(m, strength)
+            except InputError as err:
+                problems.append(str(err).rstrip("."))
+    if problems:
+        raise InputError("; ".join(problems) + ".")
+    return m
 
 
 def default_workers(device: Any) -> int:
@@ -187,7 +242,9 @@ def _check_not_nested(series_dir: Path, out_dir: Path) -> None:
 def denoise(
     series_dir: Path = typer.Argument(..., help="Folder with the CT series (searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Output folder for the derived DICOM series (created atomically)."),
-    model: Path = typer.Option(..., "--model", "-m", help="Trained model: RUN_DIR or RUN_DIR/model."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Trained model: RUN_DIR or RUN_DIR/model (with --method model)."),
+    method: str = typer.Option("model", "--method", help="model (default: the trained model), or a classical method without a model: bm3d, nlm, gaussian."),
+    strength: float | None = typer.Option(None, "--strength", help="Classical methods: Gaussian sigma in px, or k for NLM (h = k x noise, default 0.9) and BM3D (sigma_psd = k x noise, default 2.0)."),
     series_uid: str | None = typer.Option(None, "--series-uid", help="SeriesInstanceUID to denoise when SERIES_DIR holds several series."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Slices (or tiles) per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
@@ -211,6 +268,8 @@ def denoise(
                 series_dir,
                 out_dir,
                 model,
+                method=method,
+                strength=strength,
                 device=device,
                 precision=precision,
                 batch_size=batch_size,
@@ -228,6 +287,18 @@ def denoise(
                 else:
                     log.debug("%s: %s", w.category.__name__, w.message)
     t = summary["timings"]
+    params = summary["parameters"]
+    if summary["method"] != "model":
+        noise = params.get("noise_hu")
+        console.print(
+            f"Method {summary['method']} ({params['library']}), "
+            + ", ".join(f"{k} {v:g}" for k, v in params.items() if k in ("k", "sigma_px"))
+            + (f", noise estimate median {noise['median']:.1f} HU (range {noise['min']:.1f}-{noise['max']:.1f})" if noise else "")
+            + f", {params.get('seconds_per_slice', float('nan')):.2f} s per slice.",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     console.print(
         f"Wrote {summary['n_slices']} slices to {summary['out_dir']} "
         f"(series {summary['series_number']} '{summary['series_description']}', SeriesInstanceUID "
