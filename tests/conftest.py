@@ -60,21 +60,20 @@ def write_series(
     return write_ct_series(out_dir, vol, info, z_positions=[i * spacing_z for i in range(n_slices)])
 
 
+def _copy_slices(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in sorted(src.glob("*.dcm")):
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
 @pytest.fixture
 def real_ct_lidc(tmp_path: Path) -> Path:
     """A writable copy of the 4 real LIDC chest slices (Philips, kernel D)."""
-    dst = tmp_path / "real_ct_lidc"
-    dst.mkdir()
-    for f in sorted(REAL_CT_LIDC.glob("*.dcm")):
-        shutil.copy(f, dst / f.name)
-    return dst
+    return _copy_slices(REAL_CT_LIDC, tmp_path / "real_ct_lidc")
 
 
 @pytest.fixture
 def real_ct(tmp_path: Path) -> Path:
     """A writable copy of the 3 real GE CT slices."""
-    dst = tmp_path / "real_ct"
-    dst.mkdir()
-    for f in sorted(REAL_CT.glob("*.dcm")):
-        shutil.copy(f, dst / f.name)
-    return dst
+    return _copy_slices(REAL_CT, tmp_path / "real_ct")
