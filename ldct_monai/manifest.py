@@ -37,6 +37,8 @@ SPLIT_FILES = {
     "val_ld": "val_ld.csv",
     "val_fd": "val_fd.csv",
     "test_pairs": "test_pairs.csv",
+    "train_pairs": "train_pairs.csv",  # --paired only: train patients with both doses, matched on z
+    "val_pairs": "val_pairs.csv",  # --paired only
     "skipped": "skipped.csv",
 }
 PATH_COLUMNS = ("path", "ld_path", "fd_path")
@@ -135,6 +137,7 @@ class ManifestConfig:
     default_body_part: str | None = None  # C / L / N when neither the ID nor BodyPartExamined says; None = skip
     z_tolerance: float = 0.25  # test pairs: |z_ld - z_fd| <= this fraction of the full-dose slice spacing
     single_dose: bool = True  # patients with one dose serve that dose in train/val (TCIA GE exams: FD only)
+    paired: bool = False  # also write train_pairs.csv / val_pairs.csv: train/val patients' LD-FD pairs (supervised)
 
     def __post_init__(self) -> None:
         ratios = tuple(float(r) for r in self.ratios)
@@ -210,6 +213,7 @@ class ManifestPlan:
 
     rows: dict[str, list[SliceHeader]] = field(default_factory=lambda: {k: [] for k in DOSE_FILES})
     pairs: list[tuple[SliceHeader, SliceHeader]] = field(default_factory=list)
+    split_pairs: dict[str, list[tuple[SliceHeader, SliceHeader]]] = field(default_factory=lambda: {"train": [], "val": []})
     skipped: list[Skip] = field(default_factory=list)
     patients: dict[str, PatientPlan] = field(default_factory=dict)
 
@@ -387,6 +391,8 @@ def plan_manifest(headers: Sequence[SliceHeader], config: ManifestConfig) -> Man
             p.dose = "both"
             _pair(p, kept["low"], kept["full"], config.z_tolerance, plan, drop)
             continue
+        if config.paired and p.paired:  # the unpaired rows below stay as they are
+            _pair(p, kept["low"], kept["full"], config.z_tolerance, plan, lambda *_: None, out=plan.split_pairs[p.split])
         key = f"{p.split}_{'ld' if p.dose == 'low' else 'fd'}"
         plan.rows[key].extend(sorted(kept[p.dose], key=lambda h: (h.z, h.sop_uid)))
         for dose, hs in kept.items():
@@ -435,9 +441,14 @@ def _fill_empty_splits(members: list[PatientPlan], ratios: tuple[float, float, f
 
 
 def _pair(
-    p: PatientPlan, low: list[SliceHeader], full: list[SliceHeader], tolerance: float, plan: ManifestPlan, drop
+    p: PatientPlan, low: list[SliceHeader], full: list[SliceHeader], tolerance: float, plan: ManifestPlan, drop,
+    out: list | None = None,
 ) -> None:
-    """Match low- and full-dose slices one to one on z (nearest first, within tolerance x FD spacing)."""
+    """Match low- and full-dose slices one to one on z (nearest first, within tolerance x FD spacing).
+
+    Pairs go to ``out`` (default: the test pairs of ``plan``).
+    """
+    out = plan.pairs if out is None else out
     if (low[0].rows, low[0].cols) != (full[0].rows, full[0].cols):
         detail = (
             f"test patient {p.patient_id}: low dose {low[0].rows}x{low[0].cols}, "
@@ -465,7 +476,7 @@ def _pair(
         if dz <= tol and i not in used_l and j not in used_f:
             used_l.add(i)
             used_f.add(j)
-            plan.pairs.append((low[i], full[j]))
+            out.append((low[i], full[j]))
     for i, h in enumerate(low):
         if i not in used_l:
             drop([h], "unmatched_z", f"low-dose z {h.z:.3f} mm: no full-dose slice within {tol:.3f} mm")
@@ -548,6 +559,11 @@ def write_manifest(
     pairs = sorted(plan.pairs, key=lambda lf: (lf[1].patient_id, lf[1].z, lf[1].sop_uid))
     pair_rows = (_pair_row(lo, fd, pats[fd.patient_id].body_part) for lo, fd in pairs)
     _write_csv(folder / SPLIT_FILES["test_pairs"], PAIR_COLUMNS, pair_rows)
+    if config.paired:
+        for split, split_pairs in plan.split_pairs.items():
+            rows_ = sorted(split_pairs, key=lambda lf: (lf[1].patient_id, lf[1].z, lf[1].sop_uid))
+            _write_csv(folder / SPLIT_FILES[f"{split}_pairs"], PAIR_COLUMNS,
+                       (_pair_row(lo, fd, pats[fd.patient_id].body_part) for lo, fd in rows_))
     _write_csv(folder / SPLIT_FILES["skipped"], SKIPPED_COLUMNS, plan.skipped)
     doc = splits_json(plan, data_root, config, files_scanned)
     atomic_write_text(folder / "splits.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -668,6 +684,8 @@ def build_manifest(
     summary["out_dir"] = str(out_dir)
     summary["rows"] = {k: len(plan.rows[k]) for k in DOSE_FILES}
     summary["rows"] |= {"test_pairs": len(plan.pairs), "skipped": len(plan.skipped)}
+    if config.paired:
+        summary["rows"] |= {f"{k}_pairs": len(v) for k, v in plan.split_pairs.items()}
     return summary
 
 

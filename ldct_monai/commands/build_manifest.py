@@ -34,6 +34,7 @@ def build_manifest(
     default_body_part: str = typer.Option("", "--default-body-part", help="Body part (C, L, N) when neither PatientID nor BodyPartExamined tells; default: skip."),
     z_tolerance: float = typer.Option(0.25, "--z-tolerance", help="Test pairs: max |z_LD - z_FD| as a fraction of the slice spacing."),
     single_dose: bool = typer.Option(True, "--single-dose/--no-single-dose", help="Let full-dose-only (or low-dose-only) patients serve that dose in train/val."),
+    paired: bool = typer.Option(False, "--paired", help="Also write train_pairs.csv / val_pairs.csv (train/val patients with both doses, matched on z) for supervised training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing manifest folder."),
 ) -> None:
     """Scan a TCIA LDCT tree (headers only, in parallel) and write patient-disjoint train/val/test manifests."""
@@ -53,6 +54,7 @@ def build_manifest(
         default_body_part=default_body_part.strip() or None,
         z_tolerance=z_tolerance,
         single_dose=single_dose,
+        paired=paired,
     )
     summary = build(data_root, out, config, overwrite=overwrite)
     console.print(summary_table(summary))
