@@ -78,17 +78,21 @@ def split_records(manifest_dir: Path, split: str, key: str, expected_dose: str |
             for p, s, pid, bp in zip(df["path"], sop, df["patient_id"], parts, strict=True)]
 
 
-def slice_dataset(records: Sequence[dict], key: str, config: TrainConfig, cache_dir: Path | None = None,
+def slice_dataset(records: Sequence[dict], key: str | Sequence[str], config: TrainConfig, cache_dir: Path | None = None,
                   ) -> torch.utils.data.Dataset:
-    """The deterministic part of the chain (load + scale) over ``records``, cached as ``config.cache`` says."""
+    """The deterministic part of the chain (load + scale) over ``records``, cached as ``config.cache`` says.
+
+    ``key`` may name several keys (a paired record holds an LD and an FD path).
+    """
     from monai.data import CacheDataset, Dataset, PersistentDataset
 
-    transform = load_transforms([key], config.hu_window)
+    keys = [key] if isinstance(key, str) else list(key)
+    transform = load_transforms(keys, config.hu_window)
     if config.cache == "none":
         return Dataset(list(records), transform=transform)
     if config.cache == "memory":
         # float32 after decoding: 1 MiB per 512x512 slice (the full TCIA set, ~10^5 slices per dose: ~100 GiB)
-        log.info("Caching %d %s slices in memory (1 MiB per 512x512 slice in float32).", len(records), key)
+        log.info("Caching %d %s slices in memory (1 MiB per 512x512 slice in float32).", len(records), "+".join(keys))
         return CacheDataset(list(records), transform=transform, num_workers=max(1, config.num_workers), progress=False,
                             copy_cache=False)
     if cache_dir is None:
@@ -112,14 +116,16 @@ class PatchStream(torch.utils.data.Dataset):
     Call :meth:`set_epoch` before iterating an epoch (worker processes copy the dataset at that point).
     """
 
-    def __init__(self, slices: torch.utils.data.Dataset, key: str, config: TrainConfig, stream: int) -> None:
+    def __init__(self, slices: torch.utils.data.Dataset, key: str | Sequence[str], config: TrainConfig,
+                 stream: int) -> None:
         self.slices = slices
-        self.key = str(key)
+        self.keys = [str(key)] if isinstance(key, str) else [str(k) for k in key]
+        self.key = self.keys[0]
         self.seed = int(config.seed)
         self.stream = int(stream)
         self.epoch = 0
         self.augment = augment_transforms(
-            [self.key], config.patch_size, config.patches_per_slice, config.hu_window,
+            self.keys, config.patch_size, config.patches_per_slice, config.hu_window,
             tissue_hu=config.tissue_hu, min_tissue_fraction=config.min_tissue_fraction, tries=config.patch_tries,
         )
 
@@ -333,6 +339,108 @@ class UnpairedBatches:
         n = self.steps_per_epoch - start_step
         for (ld, ld_bp), (fd, fd_bp) in itertools.islice(zip(*self.loaders, strict=False), max(0, n)):
             yield Batch(ld, fd, ld_bp, fd_bp)
+
+
+def pair_records(manifest_dir: Path, split: str) -> list[dict]:
+    """Rows of ``train_pairs.csv`` / ``val_pairs.csv`` (``build-manifest --paired``) as
+    ``{"ld": path, "fd": path, "patient_id", "body_part"}`` dictionaries.
+
+    Raises:
+        InputError: the file is missing (with the command that writes it), empty, or lists missing files.
+    """
+    from ldct_monai.manifest import SPLIT_FILES
+
+    path = Path(manifest_dir) / SPLIT_FILES[split]
+    if not path.is_file():
+        raise InputError(f"{path}: missing; supervised training needs paired splits: build the manifest with "
+                         "`ldct-monai build-manifest DATA --out DIR --paired` (patients with both doses).")
+    df = load_split(manifest_dir, split)
+    problems = [f"missing column {c!r}" for c in ("patient_id", "ld_path", "fd_path") if c not in df.columns]
+    if not problems and df.empty:
+        problems.append("no rows (no train/val patient has both doses)")
+    if not problems:
+        missing = [p for col in ("ld_path", "fd_path") for p in df[col].astype(str) if not os.path.isfile(p)]
+        if missing:
+            problems.append(f"{len(missing)} listed file(s) do not exist (first: {missing[0]}): rebuild the manifest")
+    if problems:
+        raise InputError(f"{path}: " + "; ".join(problems) + ".")
+    parts = df["body_part"].fillna("").astype(str) if "body_part" in df.columns else [""] * len(df)
+    return [{str(Keys.LD): ld, str(Keys.FD): fd, "patient_id": str(pid), BODY_PART: bp}
+            for ld, fd, pid, bp in zip(df["ld_path"], df["fd_path"], df["patient_id"], parts, strict=True)]
+
+
+def collate_pairs(batch: list[list[dict]]) -> Batch:
+    """Lists of paired patch dicts -> :class:`Batch` (LD and FD of the same place, one body part each)."""
+    patches = [d for sample in batch for d in sample]
+
+    def stack(key: str) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(d[key].as_tensor() if hasattr(d[key], "as_tensor") else d[key])
+                            for d in patches]).float()
+
+    parts = torch.tensor([body_part_index(d.get(BODY_PART)) for d in patches], dtype=torch.int64)
+    return Batch(stack(str(Keys.LD)), stack(str(Keys.FD)), parts, parts)
+
+
+class PairedBatches:
+    """One stream of paired LD/FD patches (same crop, rotation and flip for both), cut into epochs.
+
+    The same interface as :class:`UnpairedBatches` (``steps_per_epoch``, ``epoch(epoch, start_step)``), so
+    one training loop serves both methods; seeding, sharding and exact resume work the same way.
+    """
+
+    def __init__(self, config: TrainConfig, records: Sequence[dict], rank: int = 0, world_size: int = 1,
+                 cache_dir: Path | None = None, pin_memory: bool = False) -> None:
+        self.config = config
+        spb = config.slices_per_batch
+        need = spb * world_size
+        if len(records) < need:
+            raise InputError(f"train_pairs: {len(records)} pair(s), but one step needs {spb} per process x "
+                             f"{world_size} process(es) = {need} (lower --batch-size or add data).")
+        if config.body_part_batches:
+            log.warning("--body-part-batches applies to unpaired training only; supervised batches are mixed.")
+        keys = (str(Keys.LD), str(Keys.FD))
+        self.stream = PatchStream(slice_dataset(records, keys, config, cache_dir), keys, config, 0)
+        self.sampler = ResumableSampler(len(self.stream), seed=config.seed * 2, rank=rank, world_size=world_size)
+        self.steps_per_epoch = len(records) // need
+        kwargs = dict(batch_size=spb, sampler=self.sampler, drop_last=True, collate_fn=collate_pairs,
+                      pin_memory=pin_memory)
+        if config.num_workers == 0:
+            from monai.data import ThreadDataLoader
+
+            self.loader = ThreadDataLoader(self.stream, num_workers=0, buffer_size=1, **kwargs)
+        else:
+            self.loader = DataLoader(self.stream, num_workers=config.num_workers, prefetch_factor=2, **kwargs)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield a :class:`Batch` for each of the steps ``start_step .. steps_per_epoch - 1``."""
+        self.stream.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start_step * self.config.slices_per_batch)
+        yield from itertools.islice(iter(self.loader), max(0, self.steps_per_epoch - start_step))
+
+
+def val_pair_slices(manifest_dir: Path, config: TrainConfig) -> dict[str, list]:
+    """Evenly spaced validation pairs: {"ld": [(1, 1, H, W)], "fd": [...], "ld_body_part": [(1,)], "fd_body_part"}.
+
+    An absent or empty ``val_pairs.csv`` gives empty lists (validation is then skipped with a warning).
+    """
+    try:
+        recs = pair_records(manifest_dir, "val_pairs")
+    except InputError as err:
+        log.warning("No paired validation: %s", err)
+        return {"ld": [], "fd": [], f"ld_{BODY_PART}": [], f"fd_{BODY_PART}": []}
+    n = min(config.val_slices, len(recs))
+    idx = np.linspace(0, len(recs) - 1, n).round().astype(int) if n else []
+    load = load_transforms([str(Keys.LD), str(Keys.FD)], config.hu_window)
+    out: dict[str, list] = {"ld": [], "fd": [], f"ld_{BODY_PART}": [], f"fd_{BODY_PART}": []}
+    for i in idx:
+        item = load(recs[int(i)])
+        for key in ("ld", "fd"):
+            img = torch.as_tensor(item[key]).float()
+            h, w = img.shape[-2:]
+            out[key].append(img[..., : h - h % 4, : w - w % 4].reshape(1, 1, h - h % 4, w - w % 4))
+            out[f"{key}_{BODY_PART}"].append(torch.tensor([body_part_index(recs[int(i)].get(BODY_PART))]))
+    return out
 
 
 def val_slices(manifest_dir: Path, config: TrainConfig) -> dict[str, list]:

@@ -44,6 +44,7 @@ from ldct_monai.train_config import RESUMABLE_CHANGES, TrainConfig, config_diff
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_g", "adv_g", "cycle", "identity", "identity_l1", "loss_d", "d_ld", "d_fd", "fidelity_lf")
+SUPERVISED_LOSS_NAMES = ("loss", "l1", "mse", "ssim")
 
 
 # --------------------------------------------------------------------------------------------- modules
@@ -237,6 +238,9 @@ class CycleGAN:
         rank / world_size: DDP coordinates; with ``world_size > 1`` the networks are DDP-wrapped
             (the process group must be initialised).
     """
+
+    loss_names = LOSS_NAMES
+    progress_keys = ("loss_g", "loss_d", "cycle")
 
     def __init__(self, config: TrainConfig, device: torch.device, total_steps: int, decay_steps: int,
                  rank: int = 0, world_size: int = 1) -> None:
@@ -436,6 +440,135 @@ class CycleGAN:
         return h.hexdigest()[:16]
 
 
+class Supervised:
+    """The LD -> FD generator trained on paired patches (``method="supervised"``): same step interface as
+    :class:`CycleGAN` (networks, optimizer, schedule, scaler, state, checksum), so :func:`train` runs both.
+
+    The loss is ``supervised_loss`` between G(LD) and the FD patch of the same place: L1, MSE, or
+    L1 + 0.2 x (1 - SSIM). No discriminators, no pools.
+    """
+
+    loss_names = SUPERVISED_LOSS_NAMES
+    progress_keys = ("loss", "l1")
+
+    def __init__(self, config: TrainConfig, device: torch.device, total_steps: int, decay_steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        from monai.losses import SSIMLoss
+
+        self.config, self.device = config, device
+        self.rank, self.world_size = rank, world_size
+        torch.manual_seed(config.seed)
+        self.gen = ResNetGenerator(**config.generator_kwargs).to(device)
+        if config.init_identity:
+            self.gen.zero_head_()
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.gen.to(memory_format=torch.channels_last)
+        self.gen_run: nn.Module = self.gen
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.gen_run = DDP(self.gen, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:
+            self.gen_run = torch.compile(self.gen_run)
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: lr_factor(s, total_steps, decay_steps))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.ssim = SSIMLoss(spatial_dims=2, data_range=2.0)
+
+    @property
+    def generator(self) -> ResNetGenerator:
+        return self.gen
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def train_step(self, ld: torch.Tensor, fd: torch.Tensor, ld_body_part: torch.Tensor | None = None,
+                   fd_body_part: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimizer step on a paired batch; returns the losses in the order of :data:`SUPERVISED_LOSS_NAMES`."""
+        cfg = self.config
+        ld, fd = self._prep(ld), self._prep(fd)
+        self.opt_g.zero_grad(set_to_none=True)
+        with autocast(self.device, cfg.precision):
+            out = self.gen_run(ld)
+        out = out.float()  # losses in fp32 (SSIM of low-contrast patches is not safe in bf16)
+        l1 = (out - fd).abs().mean()
+        mse = ((out - fd) ** 2).mean()
+        zero = l1.new_zeros(())
+        ssim = self.ssim(out, fd) if cfg.supervised_loss == "l1+ssim" else zero
+        loss = {"l1": l1, "mse": mse, "l1+ssim": l1 + 0.2 * ssim}[cfg.supervised_loss]
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt_g)
+            nn.utils.clip_grad_norm_(self.gen.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.sched_g.step()
+        return torch.stack([loss, l1, mse, ssim]).detach().float()
+
+    @torch.no_grad()
+    def validate(self, val: dict[str, list[torch.Tensor]], window) -> tuple[dict[str, float], list]:
+        """PSNR (dB, full HU window) of LD and G(LD) against their FD twins on the fixed val pairs, and L1."""
+        psnr_in, psnr_out, l1s, panels = [], [], [], []
+        self.gen.eval()
+        try:
+            for i, (ld, fd) in enumerate(zip(val.get("ld", []), val.get("fd", []), strict=True)):
+                ld, fd = self._prep(ld), self._prep(fd)
+                with autocast(self.device, self.config.precision):
+                    out = self.gen(ld)
+                out = out.float()
+                l1s.append((out - fd).abs().mean().item())
+                for dst, x in ((psnr_in, ld), (psnr_out, out)):
+                    mse = ((x - fd) ** 2).mean().item()
+                    dst.append(10 * math.log10(4.0 / max(mse, 1e-12)))  # peak-to-peak 2 in [-1, 1]
+                if i == 0:
+                    panels += [("LD", ld), ("G(LD)", out), ("FD", fd)]
+        finally:
+            self.gen.train()
+        if not l1s:
+            return {}, panels
+        mean = lambda v: sum(v) / len(v)  # noqa: E731
+        return {"l1": mean(l1s), "psnr_ld": mean(psnr_in), "psnr_g_ld": mean(psnr_out),
+                "gain_db": mean(psnr_out) - mean(psnr_in)}, panels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.state_dict(), "opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.load_state_dict(state["gen"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def param_checksum(self) -> str:
+        h = hashlib.sha256()
+        for name, p in self.gen.named_parameters():
+            h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def init_generator_state(spec: str, config: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """Weights to start the LD -> FD generator from (``--init-generator builtin|PATH``) and a description.
+
+    Raises:
+        InputError: no such model, or its architecture differs from the run's (``--ngf``, ``--n-blocks``...).
+    """
+    from ldct_monai.modelio import load_model
+    from ldct_monai.models import builtin_model_dir
+
+    path = builtin_model_dir() if spec == "builtin" else Path(spec)
+    loaded = load_model(path)
+    arch = loaded.card["architecture"]["kwargs"]
+    if {k: arch.get(k) for k in config.generator_kwargs} != config.generator_kwargs:
+        raise InputError(f"--init-generator {spec}: its generator is {arch}, the run's is {config.generator_kwargs}; "
+                         "set --ngf / --n-blocks / --upsample / --residual to match.")
+    if loaded.hu_window != config.hu_window:
+        raise InputError(f"--init-generator {spec}: HU window {loaded.hu_window} differs from the run's {config.hu_window}.")
+    return loaded.generator.state_dict(), f"{loaded.name} ({loaded.path}, card {loaded.card_hash})"
+
+
 # --------------------------------------------------------------------------------------------- the run
 def _select_by_val_noise(best: dict[str, Any], step: int, val: dict[str, float], generator: nn.Module) -> dict[str, Any]:
     """Keep the generator whose validation G(LD) noise is nearest the real full-dose level.
@@ -522,7 +655,7 @@ def train(config: TrainConfig) -> Path:
         OutputExistsError: RUN_DIR exists without --resume or --overwrite.
         TrainingDiverged: a loss became NaN or infinite (the last checkpoint stays usable).
     """
-    from ldct_monai.data import UnpairedBatches, split_records, val_slices
+    from ldct_monai.data import PairedBatches, UnpairedBatches, pair_records, split_records, val_pair_slices, val_slices
     from ldct_monai.manifest import manifest_hash
     from ldct_monai.modelio import export_model
     from ldct_monai.monitor import Monitor
@@ -530,9 +663,14 @@ def train(config: TrainConfig) -> Path:
 
     if not config.manifest or not config.out:
         raise InputError("training needs a manifest folder (--manifest) and a run folder (--out).")
-    # Check the manifest before anything is created on disk.
-    ld_records = split_records(Path(config.manifest), "train_ld", "ld", "low")
-    fd_records = split_records(Path(config.manifest), "train_fd", "fd", "full")
+    # Check the manifest (and a generator to start from) before anything is created on disk.
+    supervised = config.method == "supervised"
+    if supervised:
+        pairs = pair_records(Path(config.manifest), "train_pairs")
+    else:
+        ld_records = split_records(Path(config.manifest), "train_ld", "ld", "low")
+        fd_records = split_records(Path(config.manifest), "train_fd", "fd", "full")
+    init_state = init_generator_state(config.init_generator, config) if config.init_generator else None
     rank, world, device = _dist_setup(config)
     threads_before = torch.get_num_threads()
     if config.threads:
@@ -557,21 +695,24 @@ def train(config: TrainConfig) -> Path:
         if problem is not None:
             raise problem
         mhash = manifest_hash(Path(config.manifest))
-        batches = UnpairedBatches(
-            config,
-            ld_records,
-            fd_records,
-            rank=rank, world_size=world,
-            cache_dir=(Path(config.cache_dir) if config.cache_dir else run_dir / "cache") if config.cache == "disk" else None,
-            pin_memory=device.type == "cuda",
-        )
+        cache_dir = (Path(config.cache_dir) if config.cache_dir else run_dir / "cache") if config.cache == "disk" else None
+        if supervised:
+            batches = PairedBatches(config, pairs, rank=rank, world_size=world, cache_dir=cache_dir,
+                                    pin_memory=device.type == "cuda")
+        else:
+            batches = UnpairedBatches(config, ld_records, fd_records, rank=rank, world_size=world, cache_dir=cache_dir,
+                                      pin_memory=device.type == "cuda")
         spe = batches.steps_per_epoch
         if config.total_steps:
             total, decay = config.total_steps, config.total_steps // 2
         else:
             total, decay = config.epochs * spe, config.decay_epochs * spe
         stop = min(total, config.max_steps) if config.max_steps else total
-        model = CycleGAN(config, device, total, decay, rank, world)
+        model = (Supervised if supervised else CycleGAN)(config, device, total, decay, rank, world)
+        if init_state is not None and not config.resume:
+            model.generator.load_state_dict(init_state[0])
+            if rank == 0:
+                log.info("LD->FD generator starts from %s.", init_state[1])
         step = 0
         best: dict[str, Any] = {}  # model_select "val-noise": step, score (HU), validation values, generator state
         if config.resume:
@@ -602,7 +743,7 @@ def train(config: TrainConfig) -> Path:
 
         monitor = Monitor(run_dir, config.hu_window, config.tensorboard, resume_step=step if config.resume else None) \
             if rank == 0 else None
-        val = val_slices(Path(config.manifest), config) if rank == 0 else {}
+        val = ((val_pair_slices if supervised else val_slices)(Path(config.manifest), config)) if rank == 0 else {}
         last_val: dict[str, float] = {}
 
         def validate_and_preview(s: int) -> None:
@@ -618,7 +759,7 @@ def train(config: TrainConfig) -> Path:
 
         if step == 0:
             validate_and_preview(0)  # the "before" picture: a residual generator starts near the identity
-        patches_per_step = 2 * config.batch_size * world
+        patches_per_step = (1 if supervised else 2) * config.batch_size * world
         t_log, s_log = time.perf_counter(), step
         t0 = time.perf_counter()
         with make_progress(disable=rank != 0) as progress:
@@ -628,15 +769,15 @@ def train(config: TrainConfig) -> Path:
                 for batch in batches.epoch(epoch, in_epoch):
                     losses = model.train_step(*batch)
                     step += 1
-                    values = dict(zip(LOSS_NAMES, losses.tolist(), strict=True))  # one host sync per step
+                    values = dict(zip(model.loss_names, losses.tolist(), strict=True))  # one host sync per step
                     bad = [k for k, v in values.items() if not math.isfinite(v)]
                     if bad:
                         raise TrainingDiverged(
                             f"step {step}: non-finite loss ({', '.join(f'{k}={values[k]}' for k in bad)}); the last "
                             f"checkpoint in {run_dir / 'checkpoints'} is intact. Try --precision fp32, a lower --lr, "
                             "or --grad-clip 1.0.")
-                    progress.update(task, advance=1, info=f"G {values['loss_g']:.3f} D {values['loss_d']:.3f} "
-                                                          f"cyc {values['cycle']:.4f} ep {epoch}")
+                    info = " ".join(f"{k} {values[k]:.4f}" for k in model.progress_keys)
+                    progress.update(task, advance=1, info=f"{info} ep {epoch}")
                     if monitor is not None and (step % config.log_every == 0 or step == stop):
                         now = time.perf_counter()
                         rate = (step - s_log) * patches_per_step / max(now - t_log, 1e-9)
@@ -671,8 +812,14 @@ def train(config: TrainConfig) -> Path:
                     "last_validation": last_val}}
                 log.info("Exporting the generator of step %d (val G(LD) noise %.1f HU, FD %.1f HU; last step %d).",
                          export_step, best["val"]["noise_g_ld"], best["val"]["noise_fd"], step)
+            if init_state is not None:
+                extra = {**(extra or {}), "initialised_from": init_state[1]}
+            if supervised:
+                extra = {**(extra or {}), "task": "low-dose CT -> full-dose CT (residual ResNet generator, supervised "
+                                                  f"on paired patches, {config.supervised_loss} loss)"}
             export_model(run_dir / "model", generator, config.generator_kwargs, hu_window=config.hu_window,
-                         config=asdict(config), manifest_hash=mhash, step=export_step, extra=extra)
+                         config=asdict(config), manifest_hash=mhash, step=export_step, extra=extra,
+                         name="ldct-monai-supervised" if supervised else "ldct-monai-cyclegan")
             curves = monitor.loss_curves() if monitor else None
             run_info = {
                 "steps": step, "exported_step": export_step, "stop": stop, "schedule_steps": total, "steps_per_epoch": spe,

@@ -153,17 +153,21 @@ class Monitor:
         vrows = self.val_log.read()
         fig, axes = plt.subplots(1, 3 if vrows else 2, figsize=(15 if vrows else 10, 3.8))
         steps = [r["step"] for r in rows]
-        for k in ("loss_g", "adv_g", "loss_d"):
-            axes[0].plot(steps, [r[k] for r in rows], label=k)
-        axes[0].set_title("generator / discriminator")
-        for k in ("cycle", "identity"):
-            axes[1].plot(steps, [r[k] for r in rows], label=k)
-        axes[1].set_title("cycle L1 and identity 1-SSIM (unweighted)")
+        supervised = "loss_g" not in rows[0]
+        panels = ((("loss", "l1", "mse"), "supervised loss, L1, MSE"), (("ssim",), "1-SSIM")) if supervised else (
+            (("loss_g", "adv_g", "loss_d"), "generator / discriminator"),
+            (("cycle", "identity"), "cycle L1 and identity 1-SSIM (unweighted)"))
+        for ax, (keys, title) in zip(axes, panels):
+            for k in keys:
+                ax.plot(steps, [r[k] for r in rows], label=k)
+            ax.set_title(title)
         if vrows:
             vs = [r["step"] for r in vrows]
-            for k, lab in (("noise_ld", "LD input"), ("noise_g_ld", "G(LD)"), ("noise_fd", "real FD")):
-                axes[2].plot(vs, [r[k] for r in vrows], marker="o", label=lab)
-            axes[2].set_title("val: flat-region noise (HU)")
+            curves = ((("psnr_ld", "LD input"), ("psnr_g_ld", "G(LD)")) if supervised else
+                      (("noise_ld", "LD input"), ("noise_g_ld", "G(LD)"), ("noise_fd", "real FD")))
+            for k, lab in curves:
+                axes[2].plot(vs, [r.get(k, float("nan")) for r in vrows], marker="o", label=lab)
+            axes[2].set_title("val: PSNR vs FD (dB, full range)" if supervised else "val: flat-region noise (HU)")
         for ax in axes:
             ax.set_xlabel("step")
             ax.legend(fontsize=8)

@@ -21,6 +21,8 @@ CACHE_MODES = ("none", "memory", "disk")
 D_NORMS = ("instance", "batch", "none")
 D_CONDITIONS = ("none", "body-part")
 MODEL_SELECT = ("last", "val-noise")
+METHODS = ("cyclegan", "supervised")
+SUPERVISED_LOSSES = ("l1", "mse", "l1+ssim")
 PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
 DEVICES_HINT = "auto, cpu, cuda or cuda:N"
 
@@ -32,6 +34,10 @@ class TrainConfig:
     Lengths are in pixels, intensities in HU, learning rates per optimizer step. ``batch_size`` counts
     *patches per process*: under DDP the global batch is ``batch_size * world_size``.
     """
+
+    # --- what ---
+    method: str = "cyclegan"  # cyclegan (unpaired train_ld/train_fd) or supervised (train_pairs.csv of build-manifest --paired)
+    init_generator: str = ""  # start the LD->FD generator from a trained model: builtin (the shipped denoiser) or a model folder
 
     # --- where ---
     manifest: str = ""  # manifest folder from build-manifest (required)
@@ -75,6 +81,7 @@ class TrainConfig:
     d_condition: str = "none"  # body-part: discriminators also get the patch's body part (C/L/N one-hot planes); docs/training.md
 
     # --- losses ---
+    supervised_loss: str = "l1"  # supervised: l1, mse or l1+ssim (L1 + 0.2 x (1 - SSIM)) between G(LD) and FD
     lambda_cycle: float = 10.0  # cycle L1 weight (Zhu et al., MathWorks)
     lambda_identity: float = 5.0  # identity 1-SSIM weight: 0.5 x lambda_cycle as Zhu et al.'s identity term
     lambda_identity_l1: float = 0.0  # optional identity L1 weight (off: SSIM alone, as in the MathWorks example)
@@ -117,6 +124,10 @@ class TrainConfig:
             p.append(f"d_norm must be one of {', '.join(D_NORMS)}, found {self.d_norm!r}")
         if self.d_condition not in D_CONDITIONS:
             p.append(f"d_condition must be one of {', '.join(D_CONDITIONS)}, found {self.d_condition!r}")
+        if self.method not in METHODS:
+            p.append(f"method must be one of {', '.join(METHODS)}, found {self.method!r}")
+        if self.supervised_loss not in SUPERVISED_LOSSES:
+            p.append(f"supervised_loss must be one of {', '.join(SUPERVISED_LOSSES)}, found {self.supervised_loss!r}")
         if self.model_select not in MODEL_SELECT:
             p.append(f"model_select must be one of {', '.join(MODEL_SELECT)}, found {self.model_select!r}")
         if self.upsample not in ("resize", "transpose"):
@@ -180,7 +191,8 @@ class TrainConfig:
     def from_file(cls, path: Path, **overrides: Any) -> TrainConfig:
         """Read a YAML or JSON file of field values; ``preset:`` in it picks the base preset."""
         values = read_config_file(path)
-        name = str(values.pop("preset", overrides.pop("preset", "matlab")))
+        in_file = values.pop("preset", None)
+        name = str(overrides.pop("preset", None) or in_file or "matlab")  # a --preset flag beats the file's preset
         base = {**PRESETS.get(name, {}), "preset": name} if name in PRESETS else None
         if base is None:
             raise InputError(f"{path}: unknown preset {name!r} (expected one of {', '.join(PRESETS)}).")
