@@ -44,6 +44,10 @@ def synth(
         None, "--body-part", help="With --from-series / --from-tree: C, L or N (default: from BodyPartExamined); "
         "with --from-tree also FOLDER=C,FOLDER2=L pairs."
     ),
+    slab_slices: int = typer.Option(
+        0, "--slab-slices", help="With --from-tree: cut each series into slabs of this many slices, one patient each "
+        "(more patients for splits when there are few real series)."
+    ),
     electronic_noise: float | None = typer.Option(
         None, "--electronic-noise", help="With --from-series / --from-tree: electronic noise std, photons per ray at "
         "the reference sampling (default 0: off; the phantom trees use 2.5)."
@@ -70,7 +74,7 @@ def synth(
             raise InputError("--dose-fraction with --from-series / --from-tree takes one value, not per-body-part values.")
         if from_tree is not None:
             _from_tree(from_tree, out_dir, body_part, fraction, kernel or "auto", electronic_noise, seed, views,
-                       overwrite, quiet)
+                       slab_slices, overwrite, quiet)
             return
         summary = simulate_low_dose_series(
             from_series, out_dir, dose_fraction=fraction, body_part=body_part, kernel=kernel or "auto",
@@ -129,14 +133,16 @@ def _parse_fractions(text: str | None) -> tuple[float | None, tuple[tuple[str, f
 
 
 def _from_tree(source: Path, out_dir: Path, body_part: str | None, fraction: float | None, kernel: str,
-               electronic_noise: float | None, seed: int, views: int | None, overwrite: bool, quiet: bool) -> None:
+               electronic_noise: float | None, seed: int, views: int | None, slab_slices: int, overwrite: bool,
+               quiet: bool) -> None:
     from rich.table import Table
 
     from ldct_monai.progress import console
     from ldct_monai.synth.from_tree import synth_from_tree
 
     summary = synth_from_tree(source, out_dir, body_part=body_part, dose_fraction=fraction, kernel=kernel,
-                              electronic_noise=electronic_noise, seed=seed, n_views=views, overwrite=overwrite,
+                              electronic_noise=electronic_noise, seed=seed, n_views=views, slab_slices=slab_slices,
+                              overwrite=overwrite,
                               progress=not quiet)
     table = Table(title=f"{summary['files']} files, {len(summary['patients'])} patients in {summary['out_dir']} "
                         f"({summary['seconds']:.1f} s)")

@@ -58,6 +58,7 @@ def synth_from_tree(
     electronic_noise: float | None = None,
     seed: int = 0,
     n_views: int | None = None,
+    slab_slices: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -70,6 +71,10 @@ def synth_from_tree(
             components of each series' folder; default from BodyPartExamined (else abdomen).
         dose_fraction: one low-dose fraction for every series; default per body part (C 0.10, L/N 0.25).
         kernel, electronic_noise, seed, n_views: as for :func:`simulate_low_dose_series`.
+        slab_slices: > 0 cuts every series into contiguous slabs of this many slices (a shorter rest joins the
+            last slab), each its own patient with its own Study/Series Instance UIDs (derived from the source's):
+            more patients for patient-disjoint splits when there are few real series, at the price that
+            slabs of one series are not independent patients.
         overwrite: replace an existing non-empty ``out_dir``.
         progress: progress bar over slices.
 
@@ -98,6 +103,8 @@ def synth_from_tree(
     found = list_series(source)
     if not found:
         raise InputError(f"{source}: no CT series found.")
+    if slab_slices < 0:
+        raise InputError(f"--slab-slices must be >= 0, found {slab_slices}.")
     plan = []
     for summary in found:
         series = read_series(source, summary.series_instance_uid, warn_skipped=False)
@@ -106,21 +113,29 @@ def synth_from_tree(
         code = default_part or next((c for name, c in per_folder.items() if name in rel.parts or name == rel.name), None)
         if code is None:
             code = _body_part(series.read_slice(0).dataset, None, folder).value
-        plan.append((code, str(rel), series))
-    plan.sort(key=lambda t: (t[0], t[1]))
+        n = len(series)
+        if slab_slices and n >= 2 * slab_slices:
+            starts = list(range(0, n - slab_slices + 1, slab_slices))
+            ranges = [(a, b) for a, b in zip(starts, [*starts[1:], n])]
+        else:
+            ranges = [(0, n)]
+        for k, (a, b) in enumerate(ranges):
+            label = str(rel) if len(ranges) == 1 else f"{rel} [slices {a + 1}-{b}]"
+            plan.append((code, label, series, (a, b), None if len(ranges) == 1 else k))
+    plan.sort(key=lambda t: (t[0], t[1].split(" [")[0], t[3]))
     counters: dict[str, int] = {}
     patients, skipped, files = [], [], 0
     with atomic_output_dir(Path(out_dir), overwrite) as tmp, make_progress(disable=not progress) as bar:
-        task = bar.add_task("series", total=sum(len(s) for _, _, s in plan), unit="slices")
-        for code, rel, series in plan:
+        task = bar.add_task("series", total=sum(b - a for *_, (a, b), _ in plan), unit="slices")
+        for code, rel, series, (a, b), slab in plan:
             counters[code] = counters.get(code, 0) + 1
             pid = f"{code}{counters[code]:03d}"
-            tag = make_uid(seed, series.series_instance_uid)[-5:]
+            tag = make_uid(seed, series.series_instance_uid, slab)[-5:]
             study = tmp / pid / f"01-01-2000-NA-NA-{tag}"
             fd_dir = study / f"1.000000-{FULL_DOSE_DESCRIPTION}-{tag[::-1]}"
             ld_dir = study / f"1.000000-{LOW_DOSE_DESCRIPTION}-{tag[1:]}0"
             try:
-                _write_full_dose(series, fd_dir, pid, code)
+                _write_full_dose(series, fd_dir, pid, code, range(a, b), slab)
                 result = simulate_low_dose_series(
                     fd_dir, ld_dir, dose_fraction=dose_fraction, body_part=code, kernel=kernel,
                     electronic_noise=electronic_noise, seed=seed + counters[code], n_views=n_views, progress=False,
@@ -132,17 +147,17 @@ def synth_from_tree(
                 counters[code] -= 1
                 skipped.append({"source": rel, "reason": str(err)})
                 log.warning("%s: skipped (%s)", rel, err)
-                bar.advance(task, len(series))
+                bar.advance(task, b - a)
                 continue
-            files += 2 * len(series)
+            files += 2 * (b - a)
             patients.append({
-                "patient_id": pid, "source": rel, "body_part": code, "slices": len(series),
+                "patient_id": pid, "source": rel, "body_part": code, "slices": b - a,
                 "dose_fraction": result["dose_fraction"], "kernel": result["kernel"],
                 "kernel_class": result["kernel_class"], "iterative": result["iterative"],
                 "texture": result["texture"], "noise_std_hu": result["noise_std_hu"],
                 "check": {k: v for k, v in result["check"].items() if not isinstance(v, list)},
             })
-            bar.advance(task, len(series))
+            bar.advance(task, b - a)
         if not patients:
             raise InputError(f"{source}: no series could be simulated: " + "; ".join(
                 f"{s['source']}: {s['reason']}" for s in skipped[:3]))
@@ -150,15 +165,22 @@ def synth_from_tree(
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _write_full_dose(series, folder: Path, patient_id: str, code: str) -> None:
-    """Copy a real series into the tree, relabelled for its layout; pixels, UIDs and geometry unchanged."""
+def _write_full_dose(series, folder: Path, patient_id: str, code: str, indices: range, slab: int | None) -> None:
+    """Copy (a slab of) a real series into the tree, relabelled for its layout; pixels and geometry unchanged.
+
+    SOP Instance UIDs are kept; a slab gets Study / Series Instance UIDs of its own, derived from the source's.
+    """
     from ldct_monai.config import BODY_PART_EXAMINED
+    from ldct_monai.dicom.create import make_uid
 
     folder.mkdir(parents=True)
-    for i in range(len(series)):
+    for n, i in enumerate(indices):
         ds = series.read_slice(i).dataset
         ds.PatientID = patient_id
         ds.PatientName = patient_id
         ds.SeriesDescription = FULL_DOSE_DESCRIPTION
         ds.BodyPartExamined = BODY_PART_EXAMINED[BodyPart(code)]
-        ds.save_as(folder / f"1-{i + 1:03d}.dcm", enforce_file_format=True)
+        if slab is not None:
+            ds.SeriesInstanceUID = make_uid("slab", series.series_instance_uid, slab)
+            ds.StudyInstanceUID = make_uid("slab-study", str(ds.StudyInstanceUID), slab)
+        ds.save_as(folder / f"1-{n + 1:03d}.dcm", enforce_file_format=True)
