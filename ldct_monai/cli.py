@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from ldct_monai import __version__
-from ldct_monai.commands import bench, build_manifest, demo, denoise, evaluate, synth, train
+from ldct_monai.commands import bench, build_manifest, demo, denoise, evaluate, models, synth, train
 from ldct_monai.errors import LdctError
 from ldct_monai.progress import console
 
@@ -74,6 +74,7 @@ app.command("train")(handle_errors(train.train))
 app.command("denoise")(handle_errors(denoise.denoise))
 app.command("evaluate")(handle_errors(evaluate.evaluate))
 app.command("demo")(handle_errors(demo.demo))
+app.command("models")(handle_errors(models.models))
 
 bench_app = typer.Typer(help="Benchmarks: throughput against a reference measured in the same process.", no_args_is_help=True)
 for _name, _func in bench.COMMANDS.items():
