@@ -226,12 +226,13 @@ def estimate_noise(hu: np.ndarray) -> NoiseEstimate:
        So the residual covariance of the windows (81 x 81, averaged) is fitted, by least squares, with
        a stationary noise autocovariance ``c(dy, dx)`` that vanishes beyond 4 px, and
        ``sqrt(c(0, 0))`` is returned. On Gaussian-blurred white noise (blur 0 - 1 px) this lands
-       within 3 % of the true std; the plain windowed std of the same windows is 8 - 18 % low.
+       within 4 % of the true std on average; the plain windowed std of the same windows is 8 - 18 %
+       low. On real slices with added noise it is within 3 - 4 % (docs/evaluation.md).
 
     skimage's wavelet ``estimate_sigma`` (median absolute deviation of the finest diagonal wavelet
     band) is not used: it assumes white noise, and CT noise, correlated by the reconstruction kernel,
     has little power in that band. On blurred white noise of 30 HU (1 px blur) it reports ~4 HU, and
-    on real abdomen slices with 30 HU of added CT-like noise ~5 - 11 HU (docs/evaluation.md).
+    on real slices whose noise is 29 - 43 HU (added blurred noise) 9 - 23 HU (docs/evaluation.md).
 
     Fallbacks, so that every slice gets a finite estimate: with fewer than 64 candidate windows (a
     slice through the lung apex, a small image) the candidates are the windows wholly inside the body

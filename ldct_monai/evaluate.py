@@ -75,7 +75,7 @@ class EvalConfig:
     n_figures: int = 3  # slices drawn (one per body part first)
     crop: float = 0.5  # centre crop side as a fraction of the slice side (figures)
     tune_slices: int = 4  # val slices (or pairs) per body part and dose to tune the baselines on
-    tune_crop: int | None = 192  # px; paired tuning runs on a centre crop (BM3D: ~12 s per 512 px slice and try)
+    tune_crop: int | None = 192  # px; paired tuning scores a centre crop (BM3D: ~3 s per crop and try, ~20 s per 512 px slice)
     gaussian_sigma: float | None = None  # px; fixed instead of tuned on val
     nlm_k: float | None = None  # h = k x slice noise; fixed instead of tuned on val pairs / the default 0.9
     bm3d_k: float | None = None  # sigma_psd = k x slice noise; fixed instead of tuned on val pairs / the default 2.0
@@ -289,9 +289,11 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
     """Denoise, filter and score every selected pair; keep the images of the figure slices.
 
     Returns:
-        (metric rows, total seconds per method, one ``{slice, body_part, method, seconds}`` row per
-        slice and method). A slice's model time is its batch's time shared evenly; NLM and BM3D are
-        charged the slice's noise estimate too (it is part of running them).
+        (metric rows, total seconds per method, one ``{slice, body_part, method, seconds, noise_hu}``
+        row per slice and method). A slice's model time is its batch's time shared evenly; NLM and
+        BM3D are charged the slice's noise estimate too (it is part of running them; its total is
+        also listed on its own as ``noise_estimate``). ``noise_hu`` is sigma_hat of the low-dose
+        slice (None when no baseline needs it).
     """
     from ldct_monai.baselines import apply_baseline, estimate_noise_std
     from ldct_monai.metrics import slice_metrics
@@ -694,7 +696,7 @@ def _fmt(x: float | None, digits: int) -> str:
 def _fmt_seconds(x: float | None) -> str:
     if x is None:
         return "n/a"
-    return f"{x:.3f}" if x < 1 else f"{x:.1f}"
+    return f"{x:.2g}" if x < 1 else f"{x:.1f}"  # 2 significant digits: a Gaussian filter takes ~1 ms
 
 
 def _baseline_setting(method: str, v: dict) -> str:
@@ -869,20 +871,20 @@ def summary_table(summary: dict, per_body_part: bool = False):
 
     table = Table(
         title=f"Paired test metrics: mean over {summary['n_slices']} slices (gain vs low-dose input)",
-        caption="full = [-1024, 3071] HU; window = LDCTBench body-part window",
+        caption="PSNR in dB; full = [-1024, 3071] HU; win = LDCTBench body-part window; s/slice = seconds per slice",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     table.add_column("method", no_wrap=True)
-    for c in ("full", "window"):
-        table.add_column(f"PSNR dB {c}", justify="right", no_wrap=True)
+    for c in ("full", "win"):
+        table.add_column(f"PSNR {c}", justify="right", no_wrap=True)
         table.add_column(f"SSIM {c}", justify="right", no_wrap=True)
     table.add_column("s/slice", justify="right", no_wrap=True)
     parts = [ALL] + ([bp for bp in summary["results"] if bp != ALL] if per_body_part else [])
     for bp in parts:
         if per_body_part:
             n = summary["results"][bp][INPUT]["n"]
-            table.add_row(f"[bold]{BODY_PART_NAMES.get(bp, bp)}[/] (n={n})")
+            table.add_row(f"[bold]{BODY_PART_NAMES.get(bp, bp)}[/]", f"n={n}")  # n outside the method column: fits 80
         for method in summary["methods"]:
             e = summary["results"][bp][method]
             cells = [SHORT_LABELS.get(method, method)]

@@ -275,6 +275,14 @@ def test_cli_runs_and_reports(workspace, tmp_path):
     assert res.exit_code == 1 and "not empty" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "x"), "--baselines", "bm4d,nlm"])
     assert res.exit_code == 1 and "unknown baseline" in res.output
+    out = tmp_path / "k"
+    res = runner.invoke(app, [*args[:-2], "--out", str(out), "--baselines", "nlm,bm3d", "--nlm-k", "0.8", "--bm3d-k", "1.5", "--max-slices", "1", "--n-figures", "0"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["baseline_tuning"] == {"nlm": "fixed", "bm3d": "fixed"} and list(s["baselines"]["bm3d"]["per_body_part"].values()) == [{"k": 1.5}]
+    assert "s/slice" in res.output and "BM3D" in res.output
+    res = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "y"), "--nlm-k", "-1"])
+    assert res.exit_code == 1 and "NLM k must be a finite number >= 0" in " ".join(res.output.split())
 
 
 def test_summary_table_and_markdown_from_summary(workspace):
