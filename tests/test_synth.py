@@ -24,6 +24,7 @@ from ldct_monai.synth.simulate import scan
 STUDY_RE = re.compile(r"^\d\d-\d\d-\d{4}-NA-NA-\d{5}$")
 SERIES_RE = re.compile(r"^1\.000000-(Full|Low) Dose Images-\d{5}$")
 BODY_PART_TAG = {"C": "CHEST", "L": "ABDOMEN", "N": "HEAD"}
+KERNEL_BY_PART = {"C": "D45f", "L": "B40f", "N": "H40s"}  # ConvolutionKernel written with the default kernel
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def test_tree_layout_and_headers(tree):
             assert ds.SeriesDescription == desc  # exact, as build-manifest matches it
             assert ds.BodyPartExamined == BODY_PART_TAG[pid[0]] and ds.PatientID == pid
             assert float(ds.RescaleIntercept) == -1024 and float(ds.RescaleSlope) == 1
-            assert ds.ConvolutionKernel == "B30f" and float(ds.KVP) == 120 and float(ds.SliceThickness) == 1.0
+            # each body part's protocol kernel: chest sharp, abdomen and head standard
+            assert ds.ConvolutionKernel == KERNEL_BY_PART[pid[0]]
+            assert float(ds.KVP) == 120 and float(ds.SliceThickness) == 1.0
             assert (ds.Rows, ds.Columns) == (64, 64)
         assert len({ds.StudyInstanceUID for ds in fd + ld}) == 1  # one study, two series
         assert len({ds.FrameOfReferenceUID for ds in fd + ld}) == 1

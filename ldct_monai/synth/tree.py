@@ -30,6 +30,16 @@ FULL_DOSE_DESCRIPTION = "Full Dose Images"  # SeriesDescription of the full-dose
 LOW_DOSE_DESCRIPTION = "Low Dose Images"  # SeriesDescription of the low-dose series
 STUDY_DESCRIPTION = {BodyPart.CHEST: "CT CHEST", BodyPart.ABDOMEN: "CT ABDOMEN", BodyPart.HEAD: "CT HEAD"}
 Z_OFFSET = {BodyPart.CHEST: -180.0, BodyPart.ABDOMEN: -420.0, BodyPart.HEAD: 60.0}  # table z of anatomy centre, mm
+#: Reconstruction kernel of each body part's protocol (``SynthConfig.kernel == "auto"``): chest CT is read
+#: with a sharp kernel, abdomen and head with a standard soft-tissue kernel, as real protocols do.
+BODY_PART_KERNEL = {BodyPart.CHEST: "sharp", BodyPart.ABDOMEN: "standard", BodyPart.HEAD: "standard"}
+#: The ``standard`` window ``cos(pi f / 2 cutoff)^(2 power)`` (f: fraction of Nyquist), as the projector's
+#: kernels: its noise power peaks at 0.157 and halves at 0.280 cycles/pixel, close to the inserted noise of
+#: real Mayo B30f abdomens (0.145-0.168 / 0.293-0.301, issue 11), where the simulator's ``smooth`` window
+#: (0.11 / 0.20) is too blotchy. The flux is rescaled so its noise level is the calibrated ``smooth`` one.
+STANDARD_WINDOW = {"cutoff": 0.9, "power": 0.75}
+#: ConvolutionKernel written per (kernel, body part); ``smooth`` and ``sharp`` keep the projector's names.
+STANDARD_DICOM_NAME = {BodyPart.ABDOMEN: "B40f", BodyPart.HEAD: "H40s", BodyPart.CHEST: "B40f"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,9 @@ class SynthConfig:
         size: rows = columns of every image, pixels (field of view / size = pixel spacing).
         seed: everything random follows from it.
         slice_thickness: SliceThickness = spacing between slice centres, mm (Mayo: 1 or 3).
-        kernel: reconstruction kernel, ``smooth`` (B30f-like) or ``sharp`` (D45f-like).
+        kernel: reconstruction kernel for every body part, ``smooth`` (B30f-like), ``standard``
+            (B40f / H40s, :data:`STANDARD_WINDOW`) or ``sharp`` (D45f-like), or ``auto``: the body
+            part's protocol kernel (:data:`BODY_PART_KERNEL`: chest sharp, abdomen and head standard).
         dose_fraction: low-dose fraction for every body part; None = Mayo defaults (C 0.10, L/N 0.25).
         dose_fractions: per-body-part overrides, e.g. ``(("C", 0.05),)``; win over ``dose_fraction``.
         no_ld_share: share of patients per body part written without a low-dose series (the GE exams
@@ -57,7 +69,7 @@ class SynthConfig:
     size: int = 128  # fast on a CPU; 512 is the clinical matrix
     seed: int = 0
     slice_thickness: float = 1.0  # mm; the Mayo data have 1 mm and 3 mm reconstructions
-    kernel: str = "smooth"  # the Mayo "B30" (smooth) reconstructions are what most LDCT papers use
+    kernel: str = "auto"  # per body part, as real protocols: chest sharp, abdomen and head standard
     dose_fraction: float | None = None  # None: 0.25, chest 0.10, as in the Mayo data
     dose_fractions: tuple[tuple[str, float], ...] = ()  # per body part, over dose_fraction
     no_ld_share: float = 0.0  # TCIA: about half the exams (GE) have no low-dose series
@@ -78,8 +90,8 @@ class SynthConfig:
             problems.append(f"size must be in [16, 1024] pixels, found {self.size}")
         if not 0.1 <= self.slice_thickness <= 10:
             problems.append(f"slice thickness must be in [0.1, 10] mm, found {self.slice_thickness}")
-        if self.kernel not in KERNELS:
-            problems.append(f"kernel must be one of {sorted(KERNELS)}, found {self.kernel!r}")
+        if self.kernel not in {"auto", "standard", *KERNELS}:
+            problems.append(f"kernel must be auto, standard or one of {sorted(KERNELS)}, found {self.kernel!r}")
         if self.dose_fraction is not None and not 0 < self.dose_fraction <= 1:
             problems.append(f"dose fraction must be in (0, 1], found {self.dose_fraction}")
         for bp, frac in self.dose_fractions:
@@ -96,6 +108,10 @@ class SynthConfig:
             problems.append(f"chunk must be >= 1, found {self.chunk}")
         if problems:
             raise InputError("Invalid synth configuration: " + "; ".join(problems) + ".")
+
+    def kernel_for(self, body_part: BodyPart) -> str:
+        """Reconstruction kernel (``smooth``, ``standard`` or ``sharp``) used for ``body_part``."""
+        return BODY_PART_KERNEL[body_part] if self.kernel == "auto" else self.kernel
 
     def fraction_for(self, body_part: BodyPart) -> float:
         """Low-dose fraction used for ``body_part``."""
@@ -172,15 +188,19 @@ FIELD_PEAK_BYTES_PER_VOXEL = 96  # FFT filtering of one 2 mm texture field (floa
 PROJECTION_BYTES = 2.7  # per (slice in a chunk x pixel x view) while a chunk is simulated
 MAX_TORSO_FOV_MM, MAX_HEAD_FOV_MM = 460.0, 280.0  # the largest fields of view make_phantom draws
 FILE_OVERHEAD_BYTES = 3 * 1024  # DICOM header of one slice
+TILE_PEAK_BYTES_PER_VOXEL = 96  # FFT filtering of one fine texture tile (as for the fields)
 
 
 def estimate_resources(config: SynthConfig) -> dict[str, float]:
     """Upper estimates of peak memory and disk (bytes) for ``config``, before anything is simulated.
 
     Memory: the texture fields of the largest patient (one 2 mm voxel grid per field over the scanned z
-    range plus a margin, built by FFT one patient at a time) plus one chunk of projections. Disk: every
-    slice file (16-bit pixels and a header).
+    range plus a margin, built by FFT one patient at a time), its fine texture tiles (fixed size, whatever
+    the series length), the texture patterns of one painting block, and one chunk of projections. Disk:
+    every slice file (16-bit pixels and a header).
     """
+    from ldct_monai.synth.phantom import CHEST_TILES, PAINT_BLOCK, PATTERNS, TILES
+
     zh = config.slices * config.slice_thickness / 2 + 8.0
     nz_fine, nz_coarse = math.ceil(2 * zh / 2.0) + 1, math.ceil(2 * zh / 4.0) + 1
     peak_fields = 0.0
@@ -188,14 +208,18 @@ def estimate_resources(config: SynthConfig) -> dict[str, float]:
         fov = MAX_HEAD_FOV_MM if bp == BodyPart.HEAD.value else MAX_TORSO_FOV_MM
         fine = nz_fine * (math.ceil(fov / 2.0) + 1) ** 2
         coarse = nz_coarse * (math.ceil(fov / 4.0) + 1) ** 2
-        n_fine = 3 if bp == BodyPart.CHEST.value else 1  # chest: fine texture and two vessel fields
-        peak_fields = max(peak_fields, FIELD_PEAK_BYTES_PER_VOXEL * fine + 4.0 * (n_fine * fine + coarse))
+        n_fine = 1 if bp == BodyPart.HEAD.value else 3  # chest, abdomen: fine texture and two vessel fields
+        tiles = [math.prod(shape) for _, shape in {**TILES, **(CHEST_TILES if bp == "C" else {})}.values()]
+        stored = 4.0 * (n_fine * fine + coarse + sum(tiles))
+        peak_fields = max(peak_fields, stored + FIELD_PEAK_BYTES_PER_VOXEL * max(fine, max(tiles)))
+    # painting: every pattern and tile sample of one block of sub-slices, plus the image and a membership
+    painting = 4.0 * PAINT_BLOCK * config.size**2 * (len(PATTERNS) + len(TILES) + len(CHEST_TILES) + 4)
     views = config.n_views or config.size
     projections = PROJECTION_BYTES * min(config.chunk, config.slices) * config.size**2 * views
     doses = 2 - config.no_ld_share
     files = config.patients * len(config.body_parts) * config.slices * doses
     return {
-        "memory": BASE_BYTES + peak_fields + projections,
+        "memory": BASE_BYTES + peak_fields + painting + projections,
         "disk": files * (2 * config.size**2 + FILE_OVERHEAD_BYTES),
         "files": files,
     }
@@ -295,6 +319,40 @@ def _plan(config: SynthConfig) -> list[dict]:
     return plan
 
 
+def reconstruction_window(kernel: str, n: int, spacing: float, protocol):
+    """What :func:`~ldct_monai.synth.simulate.scan` gets for ``kernel``: a projector kernel name, or for
+    ``standard`` the sampled :data:`STANDARD_WINDOW` with the protocol's flux (and electronic noise)
+    scaled by the window's noise variance relative to ``smooth``, so the noise level stays the calibrated
+    one (docs/simulator.md) and only its texture changes.
+
+    Args:
+        kernel: ``smooth``, ``standard`` or ``sharp``.
+        n: detector bins (image size).
+        spacing: bin width, mm.
+        protocol: the body part's :class:`~ldct_monai.synth.noise.DoseProtocol`.
+
+    Returns:
+        (kernel name or window tensor on [0, 1] x Nyquist, protocol to scan with).
+    """
+    import dataclasses
+
+    import torch
+
+    from ldct_monai.synth.projector import ramp_filter
+
+    if kernel != "standard":
+        return kernel, protocol
+    f = torch.linspace(0, 1, 513, dtype=torch.float64)
+    c, p = STANDARD_WINDOW["cutoff"], STANDARD_WINDOW["power"]
+    window = torch.where(f <= c, torch.cos(math.pi * f / (2 * c)).clamp_min(0) ** (2 * p), 0.0)
+    # FBP noise variance is the integral of the squared filter: scaling every count by k (photons and
+    # electronic noise std by sqrt(k)) divides the variance by k exactly
+    k = float((ramp_filter(n, spacing, window) ** 2).sum() / (ramp_filter(n, spacing, "smooth") ** 2).sum())
+    scaled = dataclasses.replace(protocol, i0=protocol.i0 * k,
+                                 electronic_noise=protocol.electronic_noise * math.sqrt(k))
+    return window.float(), scaled
+
+
 def _write_patient(root: Path, patient: dict, config: SynthConfig):
     """Simulate one patient chunk by chunk; yield (files written, noise statistics) per chunk."""
     import torch
@@ -316,8 +374,10 @@ def _write_patient(root: Path, patient: dict, config: SynthConfig):
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
     protocol = PROTOCOLS[bp]
     fraction = config.fraction_for(bp)
+    kernel = config.kernel_for(bp)
     low = "low" in patient["doses"]
     spacing = phantom.fov / config.size
+    window, protocol = reconstruction_window(kernel, config.size, spacing, protocol)
     # slice centres from head to feet (InstanceNumber 1 is the most cranial, as a scanner writes them)
     z_local = (config.slices - 1) / 2 * t - np.arange(config.slices) * t
     z_table = Z_OFFSET[bp] + float(rng.uniform(-40, 40))
@@ -341,7 +401,7 @@ def _write_patient(root: Path, patient: dict, config: SynthConfig):
         manufacturer="ldct-monai",
         model_name="synthetic parallel-beam",
         kvp=120.0,
-        kernel=KERNEL_DICOM_NAME[config.kernel],
+        kernel=STANDARD_DICOM_NAME[bp] if kernel == "standard" else KERNEL_DICOM_NAME[kernel],
         slice_thickness=t,
         pixel_spacing=(spacing, spacing),
         rescale_intercept=-1024.0,
@@ -385,7 +445,7 @@ def _write_patient(root: Path, patient: dict, config: SynthConfig):
     for c0 in range(0, config.slices, config.chunk):
         zs = z_local[c0 : c0 + config.chunk]
         hu = phantom.sample(config.size, zs, sub=sub, thickness=t)
-        res = scan(hu, spacing, t, protocol, fraction=fraction if low else None, kernel=config.kernel,
+        res = scan(hu, spacing, t, protocol, fraction=fraction if low else None, kernel=window,
                    generator=gen, n_views=config.n_views, noise_slices=4 if first_chunk else 0)
         outside = ~res.fov_mask
         volumes = {"full": res.fd.masked_fill(outside, -1024.0)}
