@@ -95,7 +95,7 @@ def nlm_denoise(hu: np.ndarray, h_hu: float, sigma_hu: float = 0.0) -> np.ndarra
     in HU^2 (skimage). With ``sigma_hu = 0`` (the default, and what the baselines use) this is plain NLM
     (Buades et al. 2005). Passing the noise estimate as ``sigma_hu`` (skimage's suggestion) did not
     score higher: on five real slices with 30 HU of added correlated noise its best windowed PSNR gain
-    was +2.91 dB (at h = 0.8 sigma_hat) against +2.92 dB for plain NLM (at h = 1.1 sigma_hat); plain
+    was +2.90 dB (at h = 0.8 sigma_hat) against +2.92 dB for plain NLM (at h = 0.9 sigma_hat); plain
     NLM is kept because ``h`` alone then sets the smoothing (with ``sigma`` every pure-noise patch
     weighs 1 whatever ``h`` is; docs/evaluation.md).
 
