@@ -561,7 +561,7 @@ def init_generator_state(spec: str, config: TrainConfig) -> tuple[dict[str, torc
     path = builtin_model_dir() if spec == "builtin" else Path(spec)
     loaded = load_model(path)
     arch = loaded.card["architecture"]["kwargs"]
-    if {k: arch.get(k) for k in config.generator_kwargs} != config.generator_kwargs:
+    if {"norm": "instance", **arch} != {"norm": "instance", **config.generator_kwargs}:
         raise InputError(f"--init-generator {spec}: its generator is {arch}, the run's is {config.generator_kwargs}; "
                          "set --ngf / --n-blocks / --upsample / --residual to match.")
     if loaded.hu_window != config.hu_window:

@@ -22,19 +22,28 @@ from torch import nn
 UPSAMPLE_MODES = ("resize", "transpose")
 
 
+NORMS = ("instance", "none")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """Instance norm (Zhu et al.) or none: a supervised denoiser trained on small patches and run on whole
+    slices should not normalise by per-image statistics, which differ between a 64 px patch and a slice."""
+    return nn.InstanceNorm2d(channels) if kind == "instance" else nn.Identity()
+
+
 class ResnetBlock(nn.Module):
     """x + [pad, conv3x3, norm, ReLU, pad, conv3x3, norm](x)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str = "instance") -> None:
         super().__init__()
         self.block = nn.Sequential(
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3, bias=True),
-            nn.InstanceNorm2d(channels),
+            _norm(norm, channels),
             nn.ReLU(inplace=True),
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3, bias=True),
-            nn.InstanceNorm2d(channels),
+            _norm(norm, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +60,7 @@ class ResNetGenerator(nn.Module):
         n_blocks: residual blocks at 1/4 resolution; 6 for 128 px patches, 9 for 256 px.
         upsample: "resize" (nearest + conv, no checkerboard) or "transpose" (Zhu et al.).
         residual: predict a correction added to the input (needs in_channels == out_channels).
+        norm: "instance" (Zhu et al.) or "none" (see :func:`_norm`).
 
     H and W must be multiples of :attr:`stride` (4); pad full slices before calling
     (``ldct_monai.inference`` does).
@@ -66,8 +76,11 @@ class ResNetGenerator(nn.Module):
         n_blocks: int = 6,
         upsample: str = "resize",
         residual: bool = True,
+        norm: str = "instance",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, found {norm!r}.")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, found {upsample!r}.")
         if residual and in_channels != out_channels:
@@ -78,20 +91,20 @@ class ResNetGenerator(nn.Module):
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, 7),
-            nn.InstanceNorm2d(ngf),
+            _norm(norm, ngf),
             nn.ReLU(inplace=True),
         ]
         ch = ngf
         for _ in range(2):  # downsample
-            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1), nn.InstanceNorm2d(ch * 2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1), _norm(norm, ch * 2), nn.ReLU(inplace=True)]
             ch *= 2
-        layers += [ResnetBlock(ch) for _ in range(n_blocks)]
+        layers += [ResnetBlock(ch, norm) for _ in range(n_blocks)]
         for _ in range(2):  # upsample
             if upsample == "transpose":
                 up: list[nn.Module] = [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1)]
             else:
                 up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(ch, ch // 2, 3)]
-            layers += [*up, nn.InstanceNorm2d(ch // 2), nn.ReLU(inplace=True)]
+            layers += [*up, _norm(norm, ch // 2), nn.ReLU(inplace=True)]
             ch //= 2
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ch, out_channels, 7), nn.Tanh())

@@ -73,6 +73,7 @@ class TrainConfig:
     n_blocks: int = 6  # residual blocks: 6 for 128 px patches, 9 for 256 px (Zhu et al.)
     upsample: str = "resize"  # nearest x2 + conv: no checkerboard artifacts in flat soft tissue (Odena et al.)
     residual: bool = True  # output = input + correction: denoising is a small correction of the input
+    g_norm: str = "instance"  # generator norm: instance (Zhu et al.) or none (patch-trained, slice-run supervised denoisers)
     init_identity: bool = True  # zero the generators' last conv: a residual generator starts as the identity
     ndf: int = 64  # discriminator filters (70x70 PatchGAN, Zhu et al.)
     d_layers: int = 3  # PatchGAN layers; 3 gives the 70x70 receptive field
@@ -130,6 +131,8 @@ class TrainConfig:
             p.append(f"supervised_loss must be one of {', '.join(SUPERVISED_LOSSES)}, found {self.supervised_loss!r}")
         if self.model_select not in MODEL_SELECT:
             p.append(f"model_select must be one of {', '.join(MODEL_SELECT)}, found {self.model_select!r}")
+        if self.g_norm not in ("instance", "none"):
+            p.append(f"g_norm must be instance or none, found {self.g_norm!r}")
         if self.upsample not in ("resize", "transpose"):
             p.append(f"upsample must be resize or transpose, found {self.upsample!r}")
         if self.patch_size < 16 or self.patch_size % 4:
@@ -215,8 +218,11 @@ class TrainConfig:
     @property
     def generator_kwargs(self) -> dict[str, Any]:
         """``ResNetGenerator`` keyword arguments (stored in the model card)."""
-        return {"in_channels": 1, "out_channels": 1, "ngf": self.ngf, "n_blocks": self.n_blocks,
-                "upsample": self.upsample, "residual": self.residual}
+        kwargs = {"in_channels": 1, "out_channels": 1, "ngf": self.ngf, "n_blocks": self.n_blocks,
+                  "upsample": self.upsample, "residual": self.residual}
+        if self.g_norm != "instance":  # cards of earlier models have no "norm": they keep loading unchanged
+            kwargs["norm"] = self.g_norm
+        return kwargs
 
     def asdict(self) -> dict[str, Any]:
         return asdict(self)

@@ -125,3 +125,32 @@ def test_preset_flag_beats_the_preset_of_a_config_file(tmp_path):
     cfg = TrainConfig.from_file(cfg_file, preset="cpu-small")
     assert cfg.preset == "cpu-small" and cfg.ngf == 16 and cfg.seed == 3
     assert TrainConfig.from_file(cfg_file).preset == "matlab"
+
+
+def test_generator_without_norm_is_fully_convolutional():
+    """norm="none": a patch of a slice gives the same output as that region of the whole slice (no image statistics)."""
+    from ldct_monai.networks import ResNetGenerator
+
+    torch.manual_seed(0)
+    g = ResNetGenerator(ngf=4, n_blocks=1, norm="none").eval()
+    x = torch.rand(1, 1, 128, 128) * 2 - 1  # the centre lies 40 px (> the receptive-field radius) from the crop's edge
+    with torch.no_grad():
+        whole, part = g(x)[..., 48:80, 48:80], g(x[..., 8:120, 8:120])[..., 40:72, 40:72]
+    assert torch.allclose(whole, part, atol=1e-5)
+    g_in = ResNetGenerator(ngf=4, n_blocks=1).eval()
+    with torch.no_grad():
+        assert not torch.allclose(g_in(x)[..., 48:80, 48:80], g_in(x[..., 8:120, 8:120])[..., 40:72, 40:72], atol=1e-4)
+
+
+def test_models_command_and_resolution(tmp_path):
+    from ldct_monai.models import BUILTIN, resolve_model, shipped_models
+
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 0 and "Shipped models" in res.output
+    assert resolve_model(tmp_path) == tmp_path
+    if BUILTIN in shipped_models():
+        assert resolve_model(None) == resolve_model("builtin") == resolve_model(BUILTIN)
+        assert (resolve_model(None) / "model.json").is_file()
+        assert load_model(resolve_model(None)).generator is not None
+    res = CliRunner().invoke(app, ["models", "no-such-model"])
+    assert res.exit_code == 1 and "no shipped model" in res.output
