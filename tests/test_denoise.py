@@ -380,7 +380,7 @@ def test_method_options_are_checked_before_any_work(identity_model, tmp_path):
     write_series(src, n_slices=2, size=32)
     runner = CliRunner()
     cases = [
-        ([], "--method model needs --model"),
+        (["--model", str(tmp_path / "nowhere")], "no model found"),
         (["--method", "wiener"], "--method must be model, gaussian, nlm, bm3d"),
         (["--method", "bm3d", "--model", str(identity_model)], "--model is not used by --method bm3d"),
         (["--method", "nlm", "--tile", "32", "--strength", "-1"], "--tile applies to --method model only"),

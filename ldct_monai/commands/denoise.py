@@ -48,7 +48,8 @@ def denoise_series(
     Args:
         series_dir: folder holding the series (searched recursively; other files are ignored).
         out_dir: output folder; created atomically (temporary sibling, then rename).
-        model_path: a run folder or its ``model/`` folder (card + weights); for ``method="model"`` only.
+        model_path: a run folder or its ``model/`` folder (card + weights), or a shipped model's name; None:
+            the shipped default (``ldct-monai models``); for ``method="model"`` only.
         method: "model" (the trained generator), or a classical method of :mod:`ldct_monai.baselines`:
             "bm3d", "nlm" or "gaussian" (CPU, one slice at a time, no model needed).
         strength: classical methods only: Gaussian sigma in px, or the multiplier k of each slice's
@@ -96,7 +97,9 @@ def denoise_series(
     t_scan = time.perf_counter()
     model = None
     if method == "model":
-        model = load_model(Path(model_path))
+        from ldct_monai.models import resolve_model
+
+        model = load_model(resolve_model(model_path))  # no --model: the shipped default (ldct-monai models)
         denoiser = Denoiser(model, device=device, precision=precision, batch_size=batch_size, tile=tile, overlap=overlap)
         window = model.hu_window
         card = model.card
@@ -204,8 +207,6 @@ def _check_method_options(method: str, model_path: str | Path | None, strength: 
         raise InputError(f"--method must be model, {', '.join(BASELINES)}; found {method!r}.")
     problems = []
     if m == "model":
-        if model_path is None:
-            problems.append("--method model needs --model RUN_DIR (or choose --method bm3d, nlm or gaussian)")
         if strength is not None:
             problems.append("--strength applies to the classical methods (bm3d, nlm, gaussian), not to --method model")
     else:
@@ -242,7 +243,7 @@ def _check_not_nested(series_dir: Path, out_dir: Path) -> None:
 def denoise(
     series_dir: Path = typer.Argument(..., help="Folder with the CT series (searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Output folder for the derived DICOM series (created atomically)."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Trained model: RUN_DIR or RUN_DIR/model (with --method model)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Trained model: RUN_DIR, RUN_DIR/model or a shipped model's name (default: the shipped ldct-denoiser-v1; see ldct-monai models)."),
     method: str = typer.Option("model", "--method", help="model (default: the trained model), or a classical method without a model: bm3d, nlm, gaussian."),
     strength: float | None = typer.Option(None, "--strength", help="Classical methods: Gaussian sigma in px, or k for NLM (h = k x noise, default 0.9) and BM3D (sigma_psd = k x noise, default 2.0)."),
     series_uid: str | None = typer.Option(None, "--series-uid", help="SeriesInstanceUID to denoise when SERIES_DIR holds several series."),

@@ -19,7 +19,7 @@ def parse_baselines(value: str) -> tuple[str, ...]:
 
 def evaluate(
     manifest: Path = typer.Option(..., "--manifest", help="Manifest folder (test_pairs.csv, val_*.csv, splits.json)."),
-    model: Path = typer.Option(..., "--model", help="Trained model: RUN_DIR or RUN_DIR/model."),
+    model: str | None = typer.Option(None, "--model", help="Trained model: RUN_DIR, RUN_DIR/model or a shipped model's name (default: the shipped ldct-denoiser-v1)."),
     out: Path = typer.Option(..., "--out", help="Report folder to create (metrics.csv, summary.*, figures/)."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu or cuda[:N]."),
     precision: str = typer.Option("fp32", "--precision", help="Inference precision: fp32, bf16 or fp16."),
@@ -57,7 +57,11 @@ def evaluate(
         nlm_k=nlm_k,
         bm3d_k=bm3d_k,
     )
-    summary = run_evaluate(manifest, model, out, config, overwrite=overwrite, progress=True)
+    from ldct_monai.models import resolve_model
+
+    model_dir = resolve_model(model)  # no --model: the shipped default
+    console.print(f"Model: {model_dir}", highlight=False)
+    summary = run_evaluate(manifest, model_dir, out, config, overwrite=overwrite, progress=True)
     print_summary(summary, per_body_part=per_body_part)
     console.print(f"Report: {out / 'summary.md'} (and metrics.csv, summary.csv, summary.json)", highlight=False, soft_wrap=True)
     for f in summary["figures"]:
