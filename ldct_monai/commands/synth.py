@@ -19,8 +19,9 @@ def synth(
         1.0, "--slice-thickness", help="Slice thickness = spacing, mm (Mayo: 1 or 3)."
     ),
     kernel: str | None = typer.Option(
-        None, "--kernel", help="Reconstruction kernel: smooth (B30f-like) or sharp (D45f-like); with --from-series / "
-        "--from-tree also auto (default there: the noise texture measured on each series)."
+        None, "--kernel", help="Reconstruction kernel: smooth (B30f-like), standard (B40f-like) or sharp (D45f-like) for every "
+        "body part; auto (default): phantom trees use chest sharp, abdomen and head standard, --from-series / "
+        "--from-tree the noise texture measured on each series."
     ),
     dose_fraction: str | None = typer.Option(
         None,
@@ -92,9 +93,7 @@ def synth(
             highlight=False,
         )
         return
-    kernel = kernel or "smooth"
-    if kernel == "auto":
-        raise InputError("--kernel auto needs --from-series or --from-tree (phantoms have no texture to measure).")
+    kernel = kernel or "auto"  # phantom trees: chest sharp, abdomen and head standard
     parts = tuple(dict.fromkeys(body_parts.upper().replace(",", "")))
     if not parts or any(p not in "CLN" for p in parts):
         raise InputError(f"--body-parts must be letters among C, L, N, found {body_parts!r}.")
