@@ -140,17 +140,3 @@ def test_generator_without_norm_is_fully_convolutional():
     g_in = ResNetGenerator(ngf=4, n_blocks=1).eval()
     with torch.no_grad():
         assert not torch.allclose(g_in(x)[..., 48:80, 48:80], g_in(x[..., 8:120, 8:120])[..., 40:72, 40:72], atol=1e-4)
-
-
-def test_models_command_and_resolution(tmp_path):
-    from ldct_monai.models import BUILTIN, resolve_model, shipped_models
-
-    res = CliRunner().invoke(app, ["models"])
-    assert res.exit_code == 0 and "Shipped models" in res.output
-    assert resolve_model(tmp_path) == tmp_path
-    if BUILTIN in shipped_models():
-        assert resolve_model(None) == resolve_model("builtin") == resolve_model(BUILTIN)
-        assert (resolve_model(None) / "model.json").is_file()
-        assert load_model(resolve_model(None)).generator is not None
-    res = CliRunner().invoke(app, ["models", "no-such-model"])
-    assert res.exit_code == 1 and "no shipped model" in res.output

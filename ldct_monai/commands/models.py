@@ -22,14 +22,15 @@ def models(
         console.print(readme.read_text() if readme.is_file() else (path / "model.json").read_text(), highlight=False)
         return
     table = Table(title="Shipped models (ldct_monai/models/)")
-    for col in ("name", "default", "task", "trained on", "HU window", "measured"):
+    table.add_column("name", no_wrap=True)
+    for col in ("default", "trained on", "HU window", "measured"):
         table.add_column(col)
     for model in shipped_models():
         card = json.loads((builtin_model_dir(model) / "model.json").read_text())
         hu = card.get("hu_window", {})
-        table.add_row(model, "yes" if model == BUILTIN else "", str(card.get("task", "")),
-                      str(card.get("training_data", {}).get("summary", "")),
+        table.add_row(model, "yes" if model == BUILTIN else "", str(card.get("training_data", {}).get("summary", "")),
                       f"[{hu.get('low')}, {hu.get('high')}]", str(card.get("quality", {}).get("summary", "")))
     console.print(table)
+    console.print("Whole card: ldct-monai models NAME.", highlight=False)
     if not shipped_models():
         console.print("No model is shipped in this installation.")
