@@ -60,6 +60,22 @@ def write_series(
     return write_ct_series(out_dir, vol, info, z_positions=[i * spacing_z for i in range(n_slices)])
 
 
+IDENTITY_ARCH = dict(ngf=4, n_blocks=1)  # the tiny generator of the identity model
+
+
+@pytest.fixture(scope="module")
+def identity_model(tmp_path_factory) -> Path:
+    """A run folder whose exported generator is exactly the identity (zeroed residual head)."""
+    from ldct_monai.config import HUWindow
+    from ldct_monai.modelio import export_model
+    from ldct_monai.networks import ResNetGenerator
+
+    run = tmp_path_factory.mktemp("run")
+    export_model(run / "model", ResNetGenerator(**IDENTITY_ARCH).zero_head_(), IDENTITY_ARCH, hu_window=HUWindow(),
+                 step=7)
+    return run
+
+
 def _copy_slices(src: Path, dst: Path) -> Path:
     dst.mkdir()
     for f in sorted(src.glob("*.dcm")):

@@ -24,13 +24,6 @@ ARCH = dict(ngf=4, n_blocks=1)
 
 
 @pytest.fixture(scope="module")
-def identity_model(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    export_model(run / "model", ResNetGenerator(**ARCH).zero_head_(), ARCH, hu_window=HUWindow(), step=7)
-    return run
-
-
-@pytest.fixture(scope="module")
 def bright_model(tmp_path_factory) -> Path:
     """A non-residual generator whose output is +1 (3071 HU) everywhere: tests clipping."""
     run = tmp_path_factory.mktemp("bright")

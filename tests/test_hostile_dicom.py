@@ -24,14 +24,6 @@ from ldct_monai.modelio import export_model
 from ldct_monai.networks import ResNetGenerator
 from ldct_monai.scan import read_chunk, scan_tree
 
-ARCH = dict(ngf=4, n_blocks=1)
-
-
-@pytest.fixture(scope="module")
-def identity_model(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    export_model(run / "model", ResNetGenerator(**ARCH).zero_head_(), ARCH, hu_window=HUWindow(), step=7)
-    return run
 
 
 def _denoise(src: Path, out: Path, model: Path):

@@ -20,14 +20,6 @@ from ldct_monai.modelio import export_model
 from ldct_monai.config import HUWindow
 from ldct_monai.networks import ResNetGenerator
 
-ARCH = dict(ngf=4, n_blocks=1)
-
-
-@pytest.fixture(scope="module")
-def identity_model(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    export_model(run / "model", ResNetGenerator(**ARCH).zero_head_(), ARCH, hu_window=HUWindow(), step=7)
-    return run
 
 
 def _write(out: Path, name: str = "a.txt", text: str = "1", **kw) -> None:
