@@ -221,6 +221,25 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
+def _backward_step(scaler: torch.amp.GradScaler, loss: torch.Tensor, opt: torch.optim.Optimizer,
+                   params, clip: float) -> None:
+    """Scaled backward, optional gradient-norm clipping (on unscaled gradients), optimizer step."""
+    scaler.scale(loss).backward()
+    if clip > 0:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(params, clip)
+    scaler.step(opt)
+
+
+def _checksum(*modules: nn.Module) -> str:
+    """SHA-256 (16 hex digits) over every parameter of ``modules``: equal on in-sync DDP replicas."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, p in module.named_parameters():
+            h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     module = getattr(module, "_orig_mod", module)  # torch.compile
     return getattr(module, "module", module)  # DDP
@@ -328,11 +347,7 @@ class CycleGAN:
                        ) if cfg.lambda_fidelity_lf > 0 else zero
         loss_g = (adv_g + cfg.lambda_cycle * cycle + cfg.lambda_identity * identity + cfg.lambda_identity_l1 * identity_l1
                   + cfg.lambda_fidelity_lf * fidelity_lf)
-        self.scaler.scale(loss_g).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.opt_g)
-            nn.utils.clip_grad_norm_(self.gens.parameters(), cfg.grad_clip)
-        self.scaler.step(self.opt_g)
+        _backward_step(self.scaler, loss_g, self.opt_g, self.gens.parameters(), cfg.grad_clip)
         # --- discriminators: real vs pooled fakes, halved as in Zhu et al. ---
         _set_requires_grad(self.discs, True)
         self.opt_d.zero_grad(set_to_none=True)
@@ -345,11 +360,7 @@ class CycleGAN:
         d_ld = 0.5 * (self.adv(r_ld.float(), True, True) + self.adv(f_ld.float(), False, True))
         d_fd = 0.5 * (self.adv(r_fd.float(), True, True) + self.adv(f_fd.float(), False, True))
         loss_d = d_ld + d_fd
-        self.scaler.scale(loss_d).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.opt_d)
-            nn.utils.clip_grad_norm_(self.discs.parameters(), cfg.grad_clip)
-        self.scaler.step(self.opt_d)
+        _backward_step(self.scaler, loss_d, self.opt_d, self.discs.parameters(), cfg.grad_clip)
         self.scaler.update()
         self.sched_g.step()
         self.sched_d.step()
@@ -433,11 +444,7 @@ class CycleGAN:
         Buffers are left out: batch-norm running statistics never enter a training step (train mode uses
         batch statistics); they serve rank-0 validation only, and DDP re-broadcasts rank 0's each step.
         """
-        h = hashlib.sha256()
-        for module in (self.gens, self.discs):
-            for name, p in module.named_parameters():
-                h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return _checksum(self.gens, self.discs)
 
 
 class Supervised:
@@ -497,11 +504,7 @@ class Supervised:
         zero = l1.new_zeros(())
         ssim = self.ssim(out, fd) if cfg.supervised_loss == "l1+ssim" else zero
         loss = {"l1": l1, "mse": mse, "l1+ssim": l1 + 0.2 * ssim}[cfg.supervised_loss]
-        self.scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.opt_g)
-            nn.utils.clip_grad_norm_(self.gen.parameters(), cfg.grad_clip)
-        self.scaler.step(self.opt_g)
+        _backward_step(self.scaler, loss, self.opt_g, self.gen.parameters(), cfg.grad_clip)
         self.scaler.update()
         self.sched_g.step()
         return torch.stack([loss, l1, mse, ssim]).detach().float()
@@ -543,10 +546,7 @@ class Supervised:
             self.scaler.load_state_dict(state["scaler"])
 
     def param_checksum(self) -> str:
-        h = hashlib.sha256()
-        for name, p in self.gen.named_parameters():
-            h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return _checksum(self.gen)
 
 
 def init_generator_state(spec: str, config: TrainConfig) -> tuple[dict[str, torch.Tensor], str]:

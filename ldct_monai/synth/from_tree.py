@@ -17,6 +17,7 @@ handle is skipped with its reason; the tree is written atomically.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -141,8 +142,6 @@ def synth_from_tree(
                     electronic_noise=electronic_noise, seed=seed + counters[code], n_views=n_views, progress=False,
                 )
             except InputError as err:
-                import shutil
-
                 shutil.rmtree(tmp / pid, ignore_errors=True)
                 counters[code] -= 1
                 skipped.append({"source": rel, "reason": str(err)})
