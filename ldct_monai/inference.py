@@ -48,6 +48,9 @@ class Denoiser:
         tile: None for full slices; else the square tile size in pixels for MONAI
             ``SlidingWindowInferer`` (a multiple of the generator stride, at least 32).
         overlap: fraction of a tile shared with its neighbours (tiled mode), in [0, 1).
+        channels_last: run the generator in NHWC memory format (default). oneDNN's NHWC convolutions
+            are ~1.5x faster than NCHW on AVX-512 CPUs for this generator (``ldct-monai bench denoise``);
+            the result is the same fp32 arithmetic in another order (differences ~1e-6 of the HU window).
 
     Raises:
         InputError: unknown precision, bad tile size or overlap, unavailable device.
@@ -61,6 +64,7 @@ class Denoiser:
         batch_size: int = 4,
         tile: int | None = None,
         overlap: float = 0.25,
+        channels_last: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, found {precision!r}.")
@@ -71,7 +75,8 @@ class Denoiser:
         self.precision = precision
         self.batch_size = int(batch_size)
         self.window = model.hu_window
-        self.net = model.generator.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = model.generator.to(self.device, memory_format=self.memory_format).eval()
         self.stride = int(getattr(self.net, "stride", 4))
         self.tile = None if tile in (None, 0) else int(tile)
         self.overlap = float(overlap)
@@ -109,6 +114,7 @@ class Denoiser:
         ph, pw = (-h) % self.stride, (-w) % self.stride
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < h and pw < w) else "replicate")
+        x = x.contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.precision):
             y = self.net(x)
         return y[..., :h, :w].float()
