@@ -77,7 +77,7 @@ class Window:
         return asdict(self)
 
 
-# LDCTBench reading windows (Eulig et al.; DESIGN.md "Facts from the field").
+# LDCTBench reading windows (Eulig et al., "LDCTBench", 2024).
 LDCTBENCH_WINDOWS: dict[BodyPart, Window] = {
     BodyPart.CHEST: Window(-600.0, 1500.0),
     BodyPart.ABDOMEN: Window(50.0, 400.0),
