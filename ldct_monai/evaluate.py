@@ -263,13 +263,7 @@ def _figure_slices(pairs: list[_Pair], n: int) -> list[int]:
 def _make_denoiser(model, config: EvalConfig):
     from ldct_monai.inference import Denoiser
 
-    kwargs: dict = {"device": config.device, "precision": config.precision, "batch_size": config.batch_size}
-    if config.tile is not None:  # passed only when asked for: works with Denoisers with and without tiling
-        kwargs["tile"] = config.tile
-    try:
-        return Denoiser(model, **kwargs)
-    except TypeError as err:
-        raise InputError(f"--tile {config.tile}: this version's Denoiser has no tiled inference ({err}).") from err
+    return Denoiser(model, device=config.device, precision=config.precision, batch_size=config.batch_size, tile=config.tile)
 
 
 def _read_pair(pair: _Pair) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,6 @@ import concurrent.futures as cf
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from ldct_monai.dicom.reader import ordered_prefetch
 from ldct_monai.errors import InputError
-from ldct_monai.modelio import LoadedModel, load_model
+from ldct_monai.modelio import LoadedModel
 from ldct_monai.runtime import PRECISIONS, autocast, resolve_device
 
 P = TypeVar("P")
@@ -95,11 +94,6 @@ class Denoiser:
                 mode="gaussian",  # blend tiles with Gaussian weights: no seams at tile borders
                 padding_mode="replicate",  # a slice smaller than a tile is padded with its edge values
             )
-
-    @classmethod
-    def from_path(cls, path: Path, **kwargs: Any) -> Denoiser:
-        """Load the model from a run folder or its ``model/`` folder, then build the denoiser."""
-        return cls(load_model(path), **kwargs)
 
     @property
     def mode(self) -> str:
