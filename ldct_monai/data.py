@@ -159,11 +159,6 @@ class ResumableSampler(Sampler[int]):
     def set_start(self, start: int) -> None:
         self.start = int(start)
 
-    @property
-    def per_rank(self) -> int:
-        """Indices this rank sees in a whole epoch."""
-        return len(self.inner)
-
     def __iter__(self) -> Iterator[int]:
         return itertools.islice(iter(self.inner), self.start, None)
 

@@ -19,9 +19,5 @@ class OutputExistsError(LdctError):
     """The output location exists and ``--overwrite`` was not given."""
 
 
-class NotImplementedYet(LdctError):
-    """A registered command whose implementation has not landed yet."""
-
-
 class TrainingDiverged(LdctError):
     """A loss became NaN or infinite during training."""

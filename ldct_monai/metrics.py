@@ -37,7 +37,6 @@ CONVENTIONS = ("full", "ldctbench")  # column suffixes of every metric
 METRICS = ("psnr", "ssim", "rmse")
 METRIC_COLUMNS = tuple(f"{m}_{c}" for c in CONVENTIONS for m in METRICS)
 METRIC_UNITS = {"psnr": "dB", "ssim": "", "rmse": "HU"}
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "rmse": False}
 
 FULL_RANGE_HU = (-1024.0, 3071.0)  # the MathWorks normalisation; data range 4095 HU
 LDCTBENCH_RMSE_RANGE_HU = (-1024.0, 1900.0)  # LDCTBench clips to [air, dense bone] before RMSE

@@ -24,7 +24,6 @@ MODEL_SELECT = ("last", "val-noise")
 METHODS = ("cyclegan", "supervised")
 SUPERVISED_LOSSES = ("l1", "mse", "l1+ssim")
 PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
-DEVICES_HINT = "auto, cpu, cuda or cuda:N"
 
 
 @dataclass(frozen=True)

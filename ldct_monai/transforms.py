@@ -41,11 +41,10 @@ from ldct_monai.errors import InputError
 
 
 class Keys(StrEnum):
-    """Dictionary keys of the data pipeline (one per domain, plus the source path)."""
+    """Dictionary keys of the data pipeline (one per domain)."""
 
     LD = "ld"  # low-dose image
     FD = "fd"  # full-dose image
-    PATH = "path"  # source file of the image (kept for messages)
 
 
 class LoadCTSlice(Transform):
