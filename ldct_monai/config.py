@@ -1,44 +1,14 @@
-"""Conventions shared by every stage: dose and body-part names, the HU window of network space.
+"""The HU window of network space, shared by every stage and stored with every trained model.
 
-Per-command configurations (frozen dataclasses) live with their command's module; this file holds only
-what all of them agree on.
+Names (splits, doses, body parts, precisions) and the manifest columns are in :mod:`ldct_monai.schema`;
+per-command configurations (frozen dataclasses) live with their command's module.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-
-class Dose(str, enum.Enum):
-    """Dose of a series; the value is what manifests store in their ``dose`` column."""
-
-    LOW = "low"  # `ld` in code and file names
-    FULL = "full"  # `fd`
-
-
-class BodyPart(str, enum.Enum):
-    """Body part from the TCIA patient prefix (C###, L###, N###)."""
-
-    CHEST = "C"
-    ABDOMEN = "L"  # TCIA "L" = liver / abdomen
-    HEAD = "N"  # TCIA "N" = neuro / head
-
-
-# Body parts in a fixed order: the index of a body part in the discriminators' one-hot condition.
-BODY_PARTS: tuple[str, ...] = tuple(b.value for b in BodyPart)
-
-
-def body_part_index(value: object) -> int:
-    """Index of a body-part code (C / L / N, any case) in :data:`BODY_PARTS`; -1 when unknown or empty."""
-    code = str(value).strip().upper() if value is not None else ""
-    return BODY_PARTS.index(code) if code in BODY_PARTS else -1
-
-
-# DICOM BodyPartExamined values written by `synth` and recognised by `build-manifest`.
-BODY_PART_EXAMINED = {BodyPart.CHEST: "CHEST", BodyPart.ABDOMEN: "ABDOMEN", BodyPart.HEAD: "HEAD"}
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from ldct_monai.config import BODY_PARTS, body_part_index
 from ldct_monai.errors import InputError
 from ldct_monai.manifest import load_split
+from ldct_monai.schema import BODY_PARTS, SPLIT_FILES, Dose, body_part_index
 from ldct_monai.train_config import TrainConfig
 from ldct_monai.transforms import Keys, augment_transforms, load_transforms
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("patient_id", "path")
 BODY_PART = "body_part"  # record key of the body-part code
-STREAMS = {Keys.LD: ("train_ld", "val_ld", "low"), Keys.FD: ("train_fd", "val_fd", "full")}
+STREAMS = {Keys.LD: ("train_ld", "val_ld", Dose.LOW.value), Keys.FD: ("train_fd", "val_fd", Dose.FULL.value)}
 
 
 def split_records(manifest_dir: Path, split: str, key: str, expected_dose: str | None = None) -> list[dict]:
@@ -170,7 +170,7 @@ class Batch(NamedTuple):
     """One training step's input: unpaired LD and FD patches with the body part of each patch.
 
     ``ld`` / ``fd``: (B, 1, P, P) float32 in [-1, 1]; ``ld_body_part`` / ``fd_body_part``: (B,) int64
-    indices into :data:`ldct_monai.config.BODY_PARTS` (-1 = unknown).
+    indices into :data:`ldct_monai.schema.BODY_PARTS` (-1 = unknown).
     """
 
     ld: torch.Tensor
@@ -343,8 +343,6 @@ def pair_records(manifest_dir: Path, split: str) -> list[dict]:
     Raises:
         InputError: the file is missing (with the command that writes it), empty, or lists missing files.
     """
-    from ldct_monai.manifest import SPLIT_FILES
-
     path = Path(manifest_dir) / SPLIT_FILES[split]
     if not path.is_file():
         raise InputError(f"{path}: missing; supervised training needs paired splits: build the manifest with "

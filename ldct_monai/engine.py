@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from ldct_monai.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
-from ldct_monai.config import BODY_PARTS, BodyPart
 from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
 from ldct_monai.io_utils import atomic_write_text, check_output_dir
 from ldct_monai.networks import ResNetGenerator, make_discriminator
 from ldct_monai.runtime import autocast, package_versions, resolve_device
+from ldct_monai.schema import BODY_PARTS, BodyPart
 from ldct_monai.train_config import RESUMABLE_CHANGES, TrainConfig, config_diff
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,6 @@ import numpy as np
 
 from ldct_monai import __version__
 from ldct_monai.baselines import BASELINES, DEFAULT_STRENGTH, STRENGTH_NAMES
-from ldct_monai.config import BodyPart
 from ldct_monai.errors import InputError
 from ldct_monai.metrics import (
     CONVENTIONS,
@@ -43,10 +42,10 @@ from ldct_monai.metrics import (
     METRIC_COLUMNS,
     METRIC_UNITS,
     METRICS,
-    body_part_of,
     conventions_description,
     finite_or_none,
 )
+from ldct_monai.schema import BodyPart, body_part_name, body_part_of
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ INPUT = "low_dose"  # the method name of the unprocessed low-dose row; gains are
 MODEL = "model"
 METHOD_LABELS = {INPUT: "low-dose input", MODEL: "model", "gaussian": "Gaussian filter", "nlm": "non-local means", "bm3d": "BM3D"}
 ALL = "all"  # body-part value of the pooled rows in the summaries
-BODY_PART_NAMES = {"C": "chest", "L": "abdomen", "N": "head", ALL: "all"}
 TEST_COLUMNS = ("patient_id", "body_part", "z", "ld_path", "fd_path")
 VAL_PAIRS_FILE = "val_pairs.csv"  # paired val slices (build-manifest --paired); same columns as test_pairs.csv
 NOISE_BASED = ("nlm", "bm3d")  # baselines whose strength multiplies the slice's own noise estimate
@@ -501,7 +499,8 @@ def _val_pairs(manifest_dir: Path, per_group: int, crop: int | None) -> dict[str
     import pandas as pd
 
     from ldct_monai.baselines import estimate_noise_std
-    from ldct_monai.manifest import PATH_COLUMNS, data_root_of
+    from ldct_monai.manifest import data_root_of
+    from ldct_monai.schema import PATH_COLUMNS
 
     path = Path(manifest_dir) / VAL_PAIRS_FILE
     if not path.is_file():
@@ -728,7 +727,7 @@ def summary_markdown(summary: dict) -> str:
         f"Model `{summary['model']['name']}` (card {summary['model']['card_hash']}, step {summary['model']['step']}) "
         f"on manifest {summary['manifest']['hash']}: {summary['n_slices']} paired test slices from "
         f"{summary['n_patients']} patients ("
-        + ", ".join(f"{BODY_PART_NAMES.get(bp, bp)} {n}" for bp, n in summary["slices_per_body_part"].items())
+        + ", ".join(f"{body_part_name(bp)} {n}" for bp, n in summary["slices_per_body_part"].items())
         + f"); device {summary['device']}, precision {summary['precision']}.",
         "",
         "Values are mean ± std over slices; Δ is the mean paired difference to the low-dose input "
@@ -749,7 +748,7 @@ def summary_markdown(summary: dict) -> str:
         for bp, per_method in summary["results"].items():
             for method in summary["methods"]:
                 e = per_method[method]
-                cells = [f"{BODY_PART_NAMES.get(bp, bp)} (n={e['n']})", labels[method]]
+                cells = [f"{body_part_name(bp)} (n={e['n']})", labels[method]]
                 for m in METRICS:
                     s = e[f"{m}_{c}"]
                     d = DIGITS[m]
@@ -776,7 +775,7 @@ def summary_markdown(summary: dict) -> str:
             "sigma_hat the noise std estimated on each low-dose slice itself"
             + (
                 " (median on the test slices: "
-                + ", ".join(f"{BODY_PART_NAMES.get(bp, bp)} {v:.1f} HU" for bp, v in summary.get("test_noise_hu_median", {}).items())
+                + ", ".join(f"{body_part_name(bp)} {v:.1f} HU" for bp, v in summary.get("test_noise_hu_median", {}).items())
                 + ")"
                 if summary.get("test_noise_hu_median")
                 else ""
@@ -787,12 +786,12 @@ def summary_markdown(summary: dict) -> str:
         for b, p in summary["baselines"].items():
             lines.append(f"- {labels[b]}, tuning: {p.get('tuning', 'n/a')} ({p['criterion']}):")
             for bp, v in p["per_body_part"].items():
-                lines.append(f"  - {BODY_PART_NAMES.get(bp, bp)}: {_baseline_setting(b, v)}")
+                lines.append(f"  - {body_part_name(bp)}: {_baseline_setting(b, v)}")
     if summary["figures"]:
         lines += ["", "## Figures", ""]
         for f in summary["figures"]:
             lines += [
-                f"### {f['patient_id']} ({BODY_PART_NAMES.get(f['body_part'], f['body_part'])}), z = {f['z']:.1f} mm",
+                f"### {f['patient_id']} ({body_part_name(f['body_part'])}), z = {f['z']:.1f} mm",
                 "",
                 f"![{f['patient_id']} comparison]({f['comparison']})",
                 "",
@@ -823,7 +822,7 @@ def _write_figures(out: Path, pairs: list[_Pair], config: EvalConfig, params: di
         pid, z, bp = str(p.row["patient_id"]), float(p.row["z"]), p.body_part
         stem = f"{_safe(pid)}_z{z:.2f}"  # e.g. L067_z-123.50
         win = LDCTBENCH_WINDOWS[bp]
-        title = f"{pid} ({BODY_PART_NAMES[bp.value]}), z = {z:.1f} mm"
+        title = f"{pid} ({body_part_name(bp)}), z = {z:.1f} mm"
         panels = {"low-dose": p.images[INPUT], "model": p.images[MODEL]}
         for b in config.baselines:
             panels[METHOD_LABELS[b]] = p.images[b]
@@ -878,7 +877,7 @@ def summary_table(summary: dict, per_body_part: bool = False):
     for bp in parts:
         if per_body_part:
             n = summary["results"][bp][INPUT]["n"]
-            table.add_row(f"[bold]{BODY_PART_NAMES.get(bp, bp)}[/]", f"n={n}")  # n outside the method column: fits 80
+            table.add_row(f"[bold]{body_part_name(bp)}[/]", f"n={n}")  # n outside the method column: fits 80
         for method in summary["methods"]:
             e = summary["results"][bp][method]
             cells = [SHORT_LABELS.get(method, method)]

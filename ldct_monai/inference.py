@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from ldct_monai.dicom.reader import ordered_prefetch
 from ldct_monai.errors import InputError
 from ldct_monai.modelio import LoadedModel
-from ldct_monai.runtime import PRECISIONS, autocast, resolve_device
+from ldct_monai.runtime import autocast, resolve_device
+from ldct_monai.schema import PRECISIONS
 
 P = TypeVar("P")
 MIN_TILE = 32  # smaller tiles leave the 1/4-resolution residual blocks too little context

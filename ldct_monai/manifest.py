@@ -25,23 +25,23 @@ from pathlib import Path
 import pandas as pd
 
 from ldct_monai import __version__
-from ldct_monai.config import BodyPart, Dose
 from ldct_monai.errors import InputError
 from ldct_monai.scan import REASONS, SliceHeader, Skip
+from ldct_monai.schema import (
+    BODY_PARTS,
+    DOSE_COLUMNS,
+    DOSE_FILES,
+    PAIR_COLUMNS,
+    PATH_COLUMNS,
+    SKIPPED_COLUMNS,
+    SPLIT_FILES,
+    SPLITS,
+    Dose,
+    Split,
+    parse_body_part,
+)
 
 logger = logging.getLogger(__name__)
-
-SPLIT_FILES = {
-    "train_ld": "train_ld.csv",
-    "train_fd": "train_fd.csv",
-    "val_ld": "val_ld.csv",
-    "val_fd": "val_fd.csv",
-    "test_pairs": "test_pairs.csv",
-    "train_pairs": "train_pairs.csv",  # --paired only: train patients with both doses, matched on z
-    "val_pairs": "val_pairs.csv",  # --paired only
-    "skipped": "skipped.csv",
-}
-PATH_COLUMNS = ("path", "ld_path", "fd_path")
 
 
 def data_root_of(manifest_dir: Path) -> Path:
@@ -92,29 +92,7 @@ def manifest_hash(manifest_dir: Path) -> str:
 # Building a manifest
 
 
-SPLITS = ("train", "val", "test")
-DOSE_FILES = ("train_ld", "train_fd", "val_ld", "val_fd")
-# Body part from BodyPartExamined when the patient ID has no TCIA prefix.
-BODY_PART_ALIASES = {
-    "CHEST": BodyPart.CHEST, "THORAX": BodyPart.CHEST, "LUNG": BodyPart.CHEST, "LUNGS": BodyPart.CHEST,
-    "ABDOMEN": BodyPart.ABDOMEN, "ABD": BodyPart.ABDOMEN, "LIVER": BodyPart.ABDOMEN,
-    "ABDOMENPELVIS": BodyPart.ABDOMEN, "ABDPELVIS": BodyPart.ABDOMEN,
-    "HEAD": BodyPart.HEAD, "BRAIN": BodyPart.HEAD, "SKULL": BodyPart.HEAD, "NEURO": BodyPart.HEAD,
-}  # fmt: skip
 TCIA_PATIENT_ID = re.compile(r"^([CLN])\d+$", re.IGNORECASE)  # C001 chest, L067 abdomen, N012 head
-
-DOSE_COLUMNS = (
-    "patient_id", "body_part", "dose", "series_uid", "sop_uid", "path", "z",
-    "study_uid", "series_description", "instance_number", "rows", "cols",
-    "pixel_spacing_row", "pixel_spacing_col", "slice_thickness",
-    "kvp", "tube_current", "exposure", "ctdivol", "kernel", "manufacturer",
-)  # fmt: skip
-PAIR_COLUMNS = (
-    "patient_id", "body_part", "z", "ld_path", "fd_path", "ld_sop_uid", "fd_sop_uid",
-    "ld_z", "fd_z", "ld_series_uid", "fd_series_uid", "study_uid",
-    "rows", "cols", "pixel_spacing_row", "pixel_spacing_col", "slice_thickness", "kernel",
-)  # fmt: skip
-SKIPPED_COLUMNS = ("path", "reason", "detail")
 
 
 @dataclass(frozen=True)
@@ -148,13 +126,13 @@ class ManifestConfig:
         object.__setattr__(self, "ratios", ratios)
         if self.body_parts is not None:
             parts = tuple(sorted({str(b).strip().upper() for b in self.body_parts}))
-            bad = [b for b in parts if b not in {p.value for p in BodyPart}]
+            bad = [b for b in parts if b not in BODY_PARTS]
             if bad or not parts:
                 raise InputError(f"body parts: expected some of C, L, N, found {','.join(self.body_parts) or '(none)'}.")
             object.__setattr__(self, "body_parts", parts)
         if self.default_body_part is not None:
             bp = str(self.default_body_part).strip().upper()
-            if bp not in {p.value for p in BodyPart}:
+            if bp not in BODY_PARTS:
                 raise InputError(f"default body part: expected C, L or N, found {self.default_body_part!r}.")
             object.__setattr__(self, "default_body_part", bp)
         if self.default_dose is not None and self.default_dose not in {d.value for d in Dose}:
@@ -213,7 +191,7 @@ class ManifestPlan:
 
     rows: dict[str, list[SliceHeader]] = field(default_factory=lambda: {k: [] for k in DOSE_FILES})
     pairs: list[tuple[SliceHeader, SliceHeader]] = field(default_factory=list)
-    split_pairs: dict[str, list[tuple[SliceHeader, SliceHeader]]] = field(default_factory=lambda: {"train": [], "val": []})
+    split_pairs: dict[str, list[tuple[SliceHeader, SliceHeader]]] = field(default_factory=lambda: {Split.TRAIN: [], Split.VAL: []})
     skipped: list[Skip] = field(default_factory=list)
     patients: dict[str, PatientPlan] = field(default_factory=dict)
 
@@ -239,14 +217,14 @@ def resolve_body_part(patient_id: str, body_parts_examined: Iterable[str], defau
     m = TCIA_PATIENT_ID.match(patient_id)
     if m:
         return m.group(1).upper()
-    votes = Counter(BODY_PART_ALIASES[b].value for b in body_parts_examined if b in BODY_PART_ALIASES)
+    votes = Counter(bp.value for bp in map(parse_body_part, body_parts_examined) if bp is not None)
     if votes:
         return sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
     return default
 
 
 def _split_of(u: float, cum: tuple[float, float]) -> str:
-    return "train" if u < cum[0] else "val" if u < cum[1] else "test"
+    return Split.TRAIN if u < cum[0] else Split.VAL if u < cum[1] else Split.TEST
 
 
 def _interval_distance(u: float, lo: float, hi: float) -> float:
@@ -338,7 +316,7 @@ def plan_manifest(headers: Sequence[SliceHeader], config: ManifestConfig) -> Man
     # 4. splits by hash, per body part
     r_train, r_val, r_test = config.ratios
     cum = (r_train, r_train + r_val)
-    bounds = {"train": (0.0, cum[0]), "val": (cum[0], cum[1]), "test": (cum[1], 1.0)}
+    bounds = {Split.TRAIN: (0.0, cum[0]), Split.VAL: (cum[0], cum[1]), Split.TEST: (cum[1], 1.0)}
     for bp in sorted(per_bp):
         members: list[PatientPlan] = []
         for pid in per_bp[bp]:
@@ -356,28 +334,28 @@ def plan_manifest(headers: Sequence[SliceHeader], config: ManifestConfig) -> Man
                     drop(hs, "single_dose_patient", f"patient {pid} has only {next(iter(kept))} dose ({why})")
                 continue
             p.split = _split_of(p.u, cum)
-            if p.split == "test" and not p.paired:
+            if p.split == Split.TEST and not p.paired:
                 # Single-dose patients cannot be paired: spread them over train/val in the same proportions.
                 u2 = (p.u - cum[1]) / (1.0 - cum[1])
-                p.split = "train" if u2 < cum[0] / cum[1] else "val"
+                p.split = Split.TRAIN if u2 < cum[0] / cum[1] else Split.VAL
             members.append(p)
         _fill_empty_splits(members, config.ratios, bounds)
         for p in members:
             plan.patients[p.patient_id] = p
 
     # 5. dose side in train/val: balanced per body part (ties keep the running total over body parts even)
-    for split in ("train", "val"):
-        running = {"low": 0, "full": 0}
+    for split in (Split.TRAIN, Split.VAL):
+        running = {Dose.LOW: 0, Dose.FULL: 0}
         for bp in sorted(per_bp):
             group = [p for p in plan.patients.values() if p.body_part == bp and p.split == split]
             paired = sorted((p for p in group if p.paired), key=lambda p: (p.v, p.patient_id))
-            n_ld = sum(1 for p in group if not p.paired and "low" in p.series)
-            n_fd = sum(1 for p in group if not p.paired and "full" in p.series)
+            n_ld = sum(1 for p in group if not p.paired and Dose.LOW in p.series)
+            n_fd = sum(1 for p in group if not p.paired and Dose.FULL in p.series)
             x = n_fd + len(paired) - n_ld  # 2k = x balances low and full patients
-            k = x // 2 + (x % 2 if running["low"] <= running["full"] else 0)
+            k = x // 2 + (x % 2 if running[Dose.LOW] <= running[Dose.FULL] else 0)
             k = max(0, min(len(paired), k))
             for i, p in enumerate(paired):
-                p.dose = "low" if i < k else "full"
+                p.dose = Dose.LOW if i < k else Dose.FULL
             for p in group:
                 if not p.paired:
                     p.dose = next(iter(p.series))
@@ -387,13 +365,13 @@ def plan_manifest(headers: Sequence[SliceHeader], config: ManifestConfig) -> Man
     for pid in sorted(plan.patients):
         p = plan.patients[pid]
         kept = candidates[pid]
-        if p.split == "test":
+        if p.split == Split.TEST:
             p.dose = "both"
-            _pair(p, kept["low"], kept["full"], config.z_tolerance, plan, drop)
+            _pair(p, kept[Dose.LOW], kept[Dose.FULL], config.z_tolerance, plan, drop)
             continue
         if config.paired and p.paired:  # the unpaired rows below stay as they are
-            _pair(p, kept["low"], kept["full"], config.z_tolerance, plan, lambda *_: None, out=plan.split_pairs[p.split])
-        key = f"{p.split}_{'ld' if p.dose == 'low' else 'fd'}"
+            _pair(p, kept[Dose.LOW], kept[Dose.FULL], config.z_tolerance, plan, lambda *_: None, out=plan.split_pairs[p.split])
+        key = f"{p.split}_{'ld' if p.dose == Dose.LOW else 'fd'}"
         plan.rows[key].extend(sorted(kept[p.dose], key=lambda h: (h.z, h.sop_uid)))
         for dose, hs in kept.items():
             if dose != p.dose:
@@ -423,12 +401,12 @@ def _fill_empty_splits(members: list[PatientPlan], ratios: tuple[float, float, f
     Only patients moved here (``assigned_by='min_one'``) can change split when patients are added.
     """
     ratio = dict(zip(SPLITS, ratios, strict=True))
-    for split in ("train", "test", "val"):
+    for split in (Split.TRAIN, Split.TEST, Split.VAL):
         if ratio[split] <= 0 or any(p.split == split for p in members):
             continue
         counts = Counter(p.split for p in members)
         lo, hi = bounds[split]
-        donors = [p for p in members if counts[p.split] > 1 and (split != "test" or p.paired)]
+        donors = [p for p in members if counts[p.split] > 1 and (split != Split.TEST or p.paired)]
         if not donors:
             continue
         best = min(donors, key=lambda p: (_interval_distance(p.u, lo, hi), p.patient_id))
@@ -552,7 +530,7 @@ def write_manifest(
     folder = Path(folder)
     pats = plan.patients
     for key in DOSE_FILES:
-        dose = "low" if key.endswith("_ld") else "full"
+        dose = Dose.LOW if key.endswith("_ld") else Dose.FULL
         rows = sorted(plan.rows[key], key=lambda h: (h.patient_id, h.series_uid, h.z, h.sop_uid))
         out_rows = (_dose_row(h, pats[h.patient_id].body_part, dose) for h in rows)
         _write_csv(folder / SPLIT_FILES[key], DOSE_COLUMNS, out_rows)
@@ -574,7 +552,7 @@ def count_plan(plan: ManifestPlan) -> dict:
     """Patients, series and slices per split / body part / dose (test: patients and pairs)."""
     counts: dict = {s: {} for s in SPLITS}
     for p in plan.patients.values():
-        if p.split == "test":
+        if p.split == Split.TEST:
             continue
         c = counts[p.split].setdefault(p.body_part, {}).setdefault(p.dose, {"patients": 0, "series": 0, "slices": 0})
         c["patients"] += 1
@@ -583,12 +561,12 @@ def count_plan(plan: ManifestPlan) -> dict:
         split, dose = key.split("_")
         for h in rows:
             bp = plan.patients[h.patient_id].body_part
-            counts[split][bp]["low" if dose == "ld" else "full"]["slices"] += 1
+            counts[split][bp][Dose.LOW if dose == "ld" else Dose.FULL]["slices"] += 1
     for p in plan.patients.values():
-        if p.split == "test":
-            counts["test"].setdefault(p.body_part, {"patients": 0, "pairs": 0})["patients"] += 1
+        if p.split == Split.TEST:
+            counts[Split.TEST].setdefault(p.body_part, {"patients": 0, "pairs": 0})["patients"] += 1
     for _lo, fd in plan.pairs:
-        counts["test"][plan.patients[fd.patient_id].body_part]["pairs"] += 1
+        counts[Split.TEST][plan.patients[fd.patient_id].body_part]["pairs"] += 1
     return counts
 
 
@@ -674,10 +652,10 @@ def build_manifest(
             f"{data_root}: no usable CT slices among {n_files} files "
             f"(expected TCIA-style CT series; found {found}).{hints}"
         )
-    for split in ("train", "val"):
+    for split in (Split.TRAIN, Split.VAL):
         for dose in ("ld", "fd"):
             if plan.rows[f"{split}_{dose}"] == [] and any(p.split == split for p in plan.patients.values()):
-                name = "low" if dose == "ld" else "full"
+                name = Dose.LOW if dose == "ld" else Dose.FULL
                 logger.warning("%s has no %s-dose slices: unpaired training needs both doses.", split, name)
     with atomic_output_dir(out_dir, overwrite) as tmp:
         summary = write_manifest(plan, tmp, data_root, config, n_files)
@@ -698,25 +676,25 @@ def summary_table(summary: dict):
         caption="patients / slices (test: patients / LD-FD pairs)",
     )
     table.add_column("body part")
-    for col in ("train LD", "train FD", "val LD", "val FD", "test"):
+    for col in ("train LD", "train FD", "val LD", "val FD", Split.TEST):
         table.add_column(col, justify="right")
     counts = summary["counts"]
     parts = sorted({bp for split in counts.values() for bp in split})
     total = defaultdict(lambda: [0, 0])
     for bp in parts:
         cells = []
-        for split, dose in (("train", "low"), ("train", "full"), ("val", "low"), ("val", "full")):
+        for split, dose in ((Split.TRAIN, Dose.LOW), (Split.TRAIN, Dose.FULL), (Split.VAL, Dose.LOW), (Split.VAL, Dose.FULL)):
             c = counts[split].get(bp, {}).get(dose, {"patients": 0, "slices": 0})
             cells.append(f"{c['patients']} / {c['slices']}")
             total[(split, dose)][0] += c["patients"]
             total[(split, dose)][1] += c["slices"]
-        t = counts["test"].get(bp, {"patients": 0, "pairs": 0})
+        t = counts[Split.TEST].get(bp, {"patients": 0, "pairs": 0})
         cells.append(f"{t['patients']} / {t['pairs']}")
-        total["test"][0] += t["patients"]
-        total["test"][1] += t["pairs"]
+        total[Split.TEST][0] += t["patients"]
+        total[Split.TEST][1] += t["pairs"]
         table.add_row(bp, *cells)
     table.add_section()
-    keys = [("train", "low"), ("train", "full"), ("val", "low"), ("val", "full")]
+    keys = [(Split.TRAIN, Dose.LOW), (Split.TRAIN, Dose.FULL), (Split.VAL, Dose.LOW), (Split.VAL, Dose.FULL)]
     table.add_row("all", *[f"{total[k][0]} / {total[k][1]}" for k in keys], f"{total['test'][0]} / {total['test'][1]}")
     skipped = Table(title="Skipped files (skipped.csv)")
     skipped.add_column("reason")

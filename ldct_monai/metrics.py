@@ -30,8 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ldct_monai.config import BodyPart
-from ldct_monai.errors import InputError
+from ldct_monai.schema import BodyPart, body_part_of
 
 CONVENTIONS = ("full", "ldctbench")  # column suffixes of every metric
 METRICS = ("psnr", "ssim", "rmse")
@@ -99,21 +98,6 @@ class SSIMSettings:
 
 
 SSIM_SETTINGS = SSIMSettings()
-
-
-def body_part_of(value: str) -> BodyPart:
-    """Manifest body-part value ('C', 'L', 'N', or 'CHEST', 'ABDOMEN', 'HEAD') -> :class:`BodyPart`.
-
-    Raises:
-        InputError: any other value (the LDCTBench windows exist only for these three).
-    """
-    v = str(value).strip().upper()
-    for bp in BodyPart:
-        if v in (bp.value, bp.name):
-            return bp
-    if v == "LIVER":
-        return BodyPart.ABDOMEN
-    raise InputError(f"unknown body part {value!r} (expected C/CHEST, L/ABDOMEN or N/HEAD).")
 
 
 def full_range_unit(hu: np.ndarray) -> np.ndarray:
@@ -234,7 +218,7 @@ def slice_metrics(
     Returns:
         one dict per image with the keys of :data:`METRIC_COLUMNS`.
     """
-    bp = body_part if isinstance(body_part, BodyPart) else body_part_of(body_part)
+    bp = body_part_of(body_part)
     win = LDCTBENCH_WINDOWS[bp]
     # Below -1024 HU there is no tissue, only padding outside the field of view (-2000, -3024 HU) or
     # reconstruction undershoot: it is air in both conventions. Without this the chest window

@@ -9,8 +9,7 @@ import platform
 import torch
 
 from ldct_monai.errors import InputError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+from ldct_monai.schema import PRECISIONS
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ldct_monai.config import HUWindow
 from ldct_monai.errors import InputError
+from ldct_monai.schema import PRECISIONS
 
 CACHE_MODES = ("none", "memory", "disk")
 D_NORMS = ("instance", "batch", "none")
@@ -23,7 +24,6 @@ D_CONDITIONS = ("none", "body-part")
 MODEL_SELECT = ("last", "val-noise")
 METHODS = ("cyclegan", "supervised")
 SUPERVISED_LOSSES = ("l1", "mse", "l1+ssim")
-PRECISIONS = ("fp32", "bf16", "fp16")  # = ldct_monai.runtime.PRECISIONS; not imported: the CLI must not import torch
 
 
 @dataclass(frozen=True)

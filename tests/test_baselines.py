@@ -20,8 +20,8 @@ from ldct_monai.baselines import (
     windowed_psnr,
 )
 from ldct_monai.errors import InputError
-from ldct_monai.config import BodyPart
 from ldct_monai.metrics import LDCTBENCH_WINDOWS, Window, psnr
+from ldct_monai.schema import BodyPart
 
 ABDOMEN = LDCTBENCH_WINDOWS[BodyPart.ABDOMEN]
 

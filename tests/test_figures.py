@@ -8,7 +8,7 @@ from matplotlib.image import imread
 
 from ldct_monai.figures import centre_crop_box, comparison_figure, curve_figure, difference_figure, difference_limit
 from ldct_monai.metrics import LDCTBENCH_WINDOWS
-from ldct_monai.config import BodyPart
+from ldct_monai.schema import BodyPart
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,13 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from ldct_monai.config import BodyPart
 from ldct_monai.errors import InputError
 from ldct_monai.metrics import (
     LDCTBENCH_WINDOWS,
     METRIC_COLUMNS,
     Window,
-    body_part_of,
     finite_or_none,
     full_range_unit,
     psnr,
@@ -21,6 +19,7 @@ from ldct_monai.metrics import (
     slice_metrics,
     ssim,
 )
+from ldct_monai.schema import BodyPart, body_part_of
 
 
 def textured(size: int = 32, seed: int = 0) -> np.ndarray:

@@ -147,7 +147,8 @@ def test_conditioned_step_pools_fakes_with_their_source_body_part():
 
 def test_reading_window_view_uses_each_body_part_window():
     from ldct_monai.config import HUWindow
-    from ldct_monai.metrics import LDCTBENCH_WINDOWS, body_part_of
+    from ldct_monai.metrics import LDCTBENCH_WINDOWS
+    from ldct_monai.schema import body_part_of
 
     hu_window = HUWindow()
     unit = lambda hu: (hu + 1024.0) / 4095.0 * 2.0 - 1.0  # noqa: E731  network units of the full range

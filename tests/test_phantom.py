@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from ldct_monai.config import BodyPart
+from ldct_monai.schema import BodyPart
 from ldct_monai.synth import SynthConfig, synth_tree
 from ldct_monai.synth.phantom import LIVER, LUNG, TEX_LIVER, TEX_LUNG, Shape, Tile, make_phantom
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import dciodvfy_errors, requires_dciodvfy
 from ldct_monai.cli import app
-from ldct_monai.config import BodyPart
 from ldct_monai.dicom.core import CT_IMAGE_STORAGE, slice_position, to_hu
+from ldct_monai.schema import BodyPart
 from ldct_monai.synth import SynthConfig, simulate_low_dose_series, synth_tree
 from ldct_monai.synth.noise import PROTOCOLS, DoseProtocol
 from ldct_monai.synth.phantom import make_phantom

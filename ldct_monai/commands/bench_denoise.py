@@ -51,10 +51,12 @@ def bench_denoise(
     from ldct_monai.io_utils import atomic_write_text
     from ldct_monai.progress import console
 
-    if precision not in ("fp32", "bf16"):
+    from ldct_monai.schema import DICOM_OUTPUT_PRECISIONS
+
+    if precision not in DICOM_OUTPUT_PRECISIONS:
         from ldct_monai.errors import InputError
 
-        raise InputError(f"--precision must be fp32 or bf16, found {precision!r}.")
+        raise InputError(f"--precision must be {' or '.join(DICOM_OUTPUT_PRECISIONS)}, found {precision!r}.")
     lengths = [int(v) for v in memory_lengths.split(",") if v.strip()]
     with tempfile.TemporaryDirectory(prefix="ldct-bench-denoise-") as tmp:
         tmp = Path(tmp)

@@ -22,6 +22,7 @@ from typing import Any
 import typer
 
 from ldct_monai.errors import InputError
+from ldct_monai.schema import DICOM_OUTPUT_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +261,8 @@ def denoise(
 
     from ldct_monai.progress import console
 
-    if precision not in ("fp32", "bf16"):
-        raise InputError(f"--precision must be fp32 or bf16, found {precision!r}.")
+    if precision not in DICOM_OUTPUT_PRECISIONS:
+        raise InputError(f"--precision must be {' or '.join(DICOM_OUTPUT_PRECISIONS)}, found {precision!r}.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         try:

@@ -117,7 +117,7 @@ def _check_before_training(cfg: tc.TrainConfig) -> tc.TrainConfig:
     Raises:
         InputError: as above.
     """
-    from ldct_monai.config import BODY_PARTS
+    from ldct_monai.schema import BODY_PARTS
     from ldct_monai.io_utils import check_output_dir, resolve_output
     from ldct_monai.manifest import load_split
 

@@ -24,18 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldct_monai.config import BodyPart
 from ldct_monai.errors import InputError
+from ldct_monai.schema import BodyPart, parse_body_part
 
 log = logging.getLogger(__name__)
 
-# BodyPartExamined values mapped to a dose protocol (anything else: abdomen, with a warning).
-_BODY_PART_OF_TAG = {
-    "CHEST": BodyPart.CHEST, "THORAX": BodyPart.CHEST, "LUNG": BodyPart.CHEST,
-    "ABDOMEN": BodyPart.ABDOMEN, "LIVER": BodyPart.ABDOMEN, "PELVIS": BodyPart.ABDOMEN,
-    "ABDOMENPELVIS": BodyPart.ABDOMEN,
-    "HEAD": BodyPart.HEAD, "BRAIN": BodyPart.HEAD, "SKULL": BodyPart.HEAD,
-}
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -406,8 +399,9 @@ def _body_part(ds, option: str | None, series_dir: Path) -> BodyPart:
         except ValueError as err:
             raise InputError(f"body part must be C, L or N, found {option!r}.") from err
     tag = str(getattr(ds, "BodyPartExamined", "") or "").upper().replace(" ", "")
-    if tag in _BODY_PART_OF_TAG:
-        return _BODY_PART_OF_TAG[tag]
+    bp = parse_body_part(tag)  # the dose protocol follows the body part (PELVIS: abdomen)
+    if bp is not None:
+        return bp
     log.warning("%s: BodyPartExamined %r not recognised; using the abdomen dose protocol (--body-part to choose).",
                 series_dir, tag)
     return BodyPart.ABDOMEN

@@ -21,8 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ldct_monai.config import BodyPart
 from ldct_monai.errors import InputError
+from ldct_monai.schema import BodyPart
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _write_full_dose(series, folder: Path, patient_id: str, code: str, indices: 
 
     SOP Instance UIDs are kept; a slab gets Study / Series Instance UIDs of its own, derived from the source's.
     """
-    from ldct_monai.config import BODY_PART_EXAMINED
+    from ldct_monai.schema import BODY_PART_EXAMINED
     from ldct_monai.dicom.create import make_uid
 
     folder.mkdir(parents=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ldct_monai.config import BodyPart
+from ldct_monai.schema import BodyPart
 
 MU_WATER = 0.0193  # linear attenuation of water at ~70 keV (120 kVp effective), 1/mm
 REF_VIEWS = 1000  # reference views over 180 degrees for the flux definition

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldct_monai.config import BodyPart
+from ldct_monai.schema import BodyPart
 
 # Tissue values (HU) at 120 kVp, unenhanced; each patient jitters them by a few HU.
 AIR, LUNG, FAT, WATER, CSF = -1000.0, -860.0, -100.0, 0.0, 8.0

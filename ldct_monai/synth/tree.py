@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ldct_monai.config import BODY_PART_EXAMINED, BodyPart
 from ldct_monai.errors import InputError
+from ldct_monai.schema import BODY_PART_EXAMINED, BodyPart
 
 log = logging.getLogger(__name__)
 
