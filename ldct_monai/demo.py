@@ -89,7 +89,8 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), overwrite: bool = Fal
     from ldct_monai.commands.denoise import denoise_series
     from ldct_monai.engine import train
     from ldct_monai.evaluate import EvalConfig, evaluate
-    from ldct_monai.manifest import ManifestConfig, build_manifest, load_split
+    from ldct_monai.manifest import load_split
+    from ldct_monai.manifest_builder import ManifestConfig, build_manifest
     from ldct_monai.synth import SynthConfig, synth_tree
     from ldct_monai.train_config import TrainConfig
 

@@ -1,7 +1,7 @@
 """Header-only, parallel scan of a DICOM tree: one compact row per usable CT slice, one reason per other file.
 
 This is the first half of ``build-manifest`` (the second half, grouping and splitting, is in
-:mod:`ldct_monai.manifest`). It must cope with a 1.2 TB TCIA download (over a million files), so:
+:mod:`ldct_monai.manifest_builder`). It must cope with a 1.2 TB TCIA download (over a million files), so:
 
 - pixel data is never read: ``pydicom.dcmread(stop_before_pixels=True, specific_tags=...)`` parses only
   the header and stops in front of (7FE0,0010); the 12 bytes there are then decoded by hand to check that

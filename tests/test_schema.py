@@ -48,7 +48,7 @@ def test_unknown_body_parts():
 
 
 def test_pelvis_is_abdomen_in_every_stage():
-    from ldct_monai.manifest import resolve_body_part
+    from ldct_monai.manifest_builder import resolve_body_part
     from ldct_monai.metrics import LDCTBENCH_WINDOWS, slice_metrics
     from ldct_monai.synth.from_series import _body_part
 

@@ -107,7 +107,7 @@ def bench_manifest(
     from rich.table import Table
 
     from ldct_monai.errors import InputError
-    from ldct_monai.manifest import ManifestConfig, build_manifest
+    from ldct_monai.manifest_builder import ManifestConfig, build_manifest
     from ldct_monai.progress import console
     from ldct_monai.scan import default_workers, list_files, map_files, scan_tree
 

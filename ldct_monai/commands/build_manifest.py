@@ -38,7 +38,7 @@ def build_manifest(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing manifest folder."),
 ) -> None:
     """Scan a TCIA LDCT tree (headers only, in parallel) and write patient-disjoint train/val/test manifests."""
-    from ldct_monai.manifest import ManifestConfig, build_manifest as build, summary_table
+    from ldct_monai.manifest_builder import ManifestConfig, build_manifest as build, summary_table
     from ldct_monai.progress import console
 
     config = ManifestConfig(
