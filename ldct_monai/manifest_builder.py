@@ -1,6 +1,6 @@
 """Building a manifest (``ldct-monai build-manifest``): a TCIA-style LDCT tree into patient-disjoint splits.
 
-:class:`ManifestConfig` and :func:`build_manifest`, on top of the header scan of :mod:`ldct_monai.scan`. The
+:class:`ManifestConfig` and :func:`build_manifest`, on top of the header scan of :mod:`ldct_monai.dicom.scan`. The
 split itself is :func:`plan_manifest`, a pure function of the scanned headers and the config (so it is
 tested without files). Reading a manifest back is :mod:`ldct_monai.manifest`; the contract (file names,
 columns, split rules) is in docs/manifest.md.
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ldct_monai import __version__
+from ldct_monai.dicom.scan import REASONS, SliceHeader, Skip
 from ldct_monai.errors import InputError
-from ldct_monai.scan import REASONS, SliceHeader, Skip
 from ldct_monai.schema import (
     BODY_PARTS,
     DOSE_COLUMNS,
@@ -575,7 +575,7 @@ def build_manifest(
         OutputExistsError: ``out_dir`` exists and is not empty and ``overwrite`` is False.
     """
     from ldct_monai.io_utils import atomic_output_dir, check_output_dir
-    from ldct_monai.scan import scan_tree
+    from ldct_monai.dicom.scan import scan_tree
 
     config = config or ManifestConfig()
     data_root = Path(data_root)

@@ -19,10 +19,10 @@ from ldct_monai.cli import app
 from ldct_monai.config import HUWindow
 from ldct_monai.dicom.create import make_uid
 from ldct_monai.dicom.reader import read_series
+from ldct_monai.dicom.scan import read_chunk, scan_tree
 from ldct_monai.errors import InputError
 from ldct_monai.modelio import export_model
 from ldct_monai.networks import ResNetGenerator
-from ldct_monai.scan import read_chunk, scan_tree
 
 
 
@@ -99,7 +99,7 @@ def test_build_manifest_scan_mints_the_same_uids(tmp_path, caplog):
     src = tmp_path / "L001" / "st" / "fd"
     for f in write_series(src, n_slices=2, size=16):
         _empty_uids(f, ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
-    with caplog.at_level(logging.WARNING, logger="ldct_monai.scan"):
+    with caplog.at_level(logging.WARNING, logger="ldct_monai.dicom.scan"):
         headers, skipped, n = scan_tree(tmp_path, workers=1, progress=False)
     assert n == 2 and not skipped and "2 file(s) have empty UIDs" in caplog.text
     with pytest.warns(RuntimeWarning):

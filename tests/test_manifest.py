@@ -28,6 +28,6 @@ def test_committed_examples_follow_the_contract():
 
 def test_reading_a_manifest_imports_neither_the_builder_nor_the_scan():
     code = ("import sys, ldct_monai.manifest; "
-            "print(sorted(m for m in sys.modules if m in ('ldct_monai.manifest_builder', 'ldct_monai.scan', 'pydicom')))")
+            "print(sorted(m for m in sys.modules if m in ('ldct_monai.manifest_builder', 'ldct_monai.dicom.scan', 'pydicom')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

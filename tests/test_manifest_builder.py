@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from conftest import write_series
 from ldct_monai.cli import app
 from ldct_monai.dicom.core import slice_position
+from ldct_monai.dicom.scan import REASONS, SliceHeader, read_chunk, read_header
 from ldct_monai.errors import InputError, OutputExistsError
 from ldct_monai.manifest import load_split, manifest_hash
 from ldct_monai.manifest_builder import ManifestConfig, build_manifest, plan_manifest
 from ldct_monai.schema import DOSE_FILES
-from ldct_monai.scan import REASONS, SliceHeader, read_chunk, read_header
 
 runner = CliRunner()
 
@@ -253,7 +253,7 @@ def test_every_bad_file_kind_is_skipped_with_its_reason(tmp_path):
 
 
 def test_unforeseen_errors_become_unreadable_and_patient_falls_back_to_folder(tmp_path, monkeypatch):
-    import ldct_monai.scan as scan
+    import ldct_monai.dicom.scan as scan
 
     write_series(tmp_path / "C007" / "st" / "fd", 2, 8, patient_id="", description="Full Dose Images")
     (tmp_path / "C007" / "st" / "fd" / "1-001.dcm").rename(tmp_path / "C007" / "st" / "fd" / "boom.dcm")

@@ -32,8 +32,8 @@ def floor_chunk_cpu(root: str, rels: Sequence[str]) -> list[float]:
 
 
 def ours_chunk_cpu(root: str, rels: Sequence[str]) -> list[float]:
-    """CPU seconds of our per-file work (:func:`ldct_monai.scan.read_chunk`) in the worker."""
-    from ldct_monai.scan import read_chunk
+    """CPU seconds of our per-file work (:func:`ldct_monai.dicom.scan.read_chunk`) in the worker."""
+    from ldct_monai.dicom.scan import read_chunk
 
     t = time.process_time()
     read_chunk(root, rels)
@@ -109,7 +109,7 @@ def bench_manifest(
     from ldct_monai.errors import InputError
     from ldct_monai.manifest_builder import ManifestConfig, build_manifest
     from ldct_monai.progress import console
-    from ldct_monai.scan import default_workers, list_files, map_files, scan_tree
+    from ldct_monai.dicom.scan import default_workers, list_files, map_files, scan_tree
 
     if files < 1 or size < 1 or repeats < 1:
         raise InputError(f"--files, --size and --repeats must be positive, found {files}, {size}, {repeats}.")

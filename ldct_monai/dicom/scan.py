@@ -540,7 +540,7 @@ def map_files(
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["pydicom", "ldct_monai.scan"])
+        ctx.set_forkserver_preload(["pydicom", "ldct_monai.dicom.scan"])
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         try:
             futures = {pool.submit(func, root, chunk): len(chunk) for chunk in _chunks(files, size)}
