@@ -6,6 +6,7 @@ loader of the training transforms share one definition of "z" and of "HU".
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,22 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 
 
+def _normal(iop) -> tuple[float, float, float, float]:
+    """(nx, ny, nz, |n|) of row x column from the six ImageOrientationPatient values (pure Python)."""
+    rx, ry, rz, cx, cy, cz = (float(v) for v in iop)
+    nx, ny, nz = ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx
+    return nx, ny, nz, math.sqrt(nx * nx + ny * ny + nz * nz)
+
+
+def z_along_normal(ipp, iop) -> float | None:
+    """ImagePositionPatient projected on the unit normal of ImageOrientationPatient, mm; None when the
+    row and column vectors are parallel. The one definition of a slice's z (scan, reader, manifests)."""
+    nx, ny, nz, norm = _normal(iop)
+    if norm < 1e-6:
+        return None
+    return (float(ipp[0]) * nx + float(ipp[1]) * ny + float(ipp[2]) * nz) / norm
+
+
 def slice_normal(ds: Dataset) -> np.ndarray:
     """Unit normal of the image plane: row direction x column direction, from ImageOrientationPatient.
 
@@ -27,19 +44,20 @@ def slice_normal(ds: Dataset) -> np.ndarray:
     iop = getattr(ds, "ImageOrientationPatient", None)
     if iop is None or len(iop) != 6:
         raise InputError(f"{_name(ds)}: ImageOrientationPatient missing or not 6 values (found {iop!r}).")
-    row = np.asarray(iop[:3], dtype=np.float64)
-    col = np.asarray(iop[3:], dtype=np.float64)
-    n = np.cross(row, col)
-    norm = np.linalg.norm(n)
+    nx, ny, nz, norm = _normal(iop)
     if norm < 1e-6:
         raise InputError(f"{_name(ds)}: ImageOrientationPatient row and column vectors are parallel ({list(iop)}).")
-    return n / norm
+    return np.array([nx, ny, nz], dtype=np.float64) / norm
 
 
 def slice_position(ds: Dataset, normal: np.ndarray | None = None) -> float:
-    """Position of the slice along its normal in mm: ImagePositionPatient . normal.
+    """Position of the slice along its normal in mm: ImagePositionPatient . normal (:func:`z_along_normal`).
 
     This is the sort key for slices (never InstanceNumber or file name).
+
+    Args:
+        ds: the slice.
+        normal: the series' unit normal (a series is sorted along one normal); this slice's own when None.
 
     Raises:
         InputError: ImagePositionPatient or ImageOrientationPatient is missing.
@@ -48,7 +66,8 @@ def slice_position(ds: Dataset, normal: np.ndarray | None = None) -> float:
     if ipp is None or len(ipp) != 3:
         raise InputError(f"{_name(ds)}: ImagePositionPatient missing or not 3 values (found {ipp!r}).")
     if normal is None:
-        normal = slice_normal(ds)
+        slice_normal(ds)  # raises for a missing or degenerate orientation
+        return float(z_along_normal(ipp, ds.ImageOrientationPatient))
     return float(np.dot(np.asarray(ipp, dtype=np.float64), normal))
 
 

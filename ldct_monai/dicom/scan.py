@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE
+from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, z_along_normal
 from ldct_monai.errors import LdctError
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ def _read_header(root: str, rel: str) -> SliceHeader:
             raise _Reject("missing_geometry", "ImagePositionPatient missing or not 3 numbers")
         if iop is None or len(iop) != 6:
             raise _Reject("missing_geometry", "ImageOrientationPatient missing or not 6 numbers")
-        z = _z_along_normal(ipp, iop)
+        z = z_along_normal(ipp, iop)
         if z is None:
             raise _Reject("missing_geometry", f"ImageOrientationPatient row and column are parallel ({iop})")
 
@@ -466,16 +466,6 @@ def _check_pixel_length(
     if rows and cols and length < rows * cols * samples * bits // 8:
         need = rows * cols * samples * bits // 8
         raise _Reject("truncated", f"Pixel Data has {length} bytes, {rows}x{cols}x{bits} bits need {need}")
-
-
-def _z_along_normal(ipp: list[float], iop: list[float]) -> float | None:
-    """ImagePositionPatient . (row x column), as :func:`ldct_monai.dicom.core.slice_position` (pure Python)."""
-    rx, ry, rz, cx, cy, cz = iop
-    nx, ny, nz = ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx
-    norm = math.sqrt(nx * nx + ny * ny + nz * nz)
-    if norm < 1e-6:
-        return None
-    return (ipp[0] * nx + ipp[1] * ny + ipp[2] * nz) / norm
 
 
 def read_chunk(root: str, rels: Sequence[str]) -> list[SliceHeader | Skip | Note]:
