@@ -67,6 +67,7 @@ class ResNetGenerator(nn.Module):
     """
 
     stride = 4  # two stride-2 downsamplings
+    __constants__ = ["stride"]  # TorchScript (monai.bundle ckpt_export) sees class attributes only when listed here
 
     def __init__(
         self,

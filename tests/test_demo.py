@@ -30,7 +30,7 @@ def test_demo_writes_every_stage(quick_demo):
     result = json.loads((quick_demo / "demo.json").read_text())
     assert set(result["timings_s"]) == {"synth", "build_manifest", "train", "evaluate", "denoise", "total"}
     assert (quick_demo / "manifests" / "test_pairs.csv").is_file()
-    assert (quick_demo / "run" / "model" / "model.json").is_file()
+    assert (quick_demo / "run" / "model" / "configs" / "metadata.json").is_file()
     for name in ("metrics.csv", "summary.csv", "summary.md", "summary.json"):
         assert (quick_demo / "report" / name).stat().st_size > 0
     assert result["paths"]["figures"], "no figures written"

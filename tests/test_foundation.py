@@ -132,10 +132,10 @@ def test_load_model_refuses_malicious_pickle(tmp_path):
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
-    (mdir / "generator.pt").write_bytes(pickle.dumps(Evil()))
-    card = json.loads((mdir / "model.json").read_text())
-    card["weights"].pop("sha256")  # an attacker would also edit the card
-    (mdir / "model.json").write_text(json.dumps(card))
+    (mdir / "models" / "model.pt").write_bytes(pickle.dumps(Evil()))
+    meta = json.loads((mdir / "configs" / "metadata.json").read_text())
+    meta["ldct_monai"]["weights"].pop("sha256")  # an attacker would also edit the card
+    (mdir / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="cannot load weights safely"):
         load_model(mdir)
     assert not (tmp_path / "pwned").exists()

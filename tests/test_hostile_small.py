@@ -45,10 +45,10 @@ def _unsafe(path):
 def test_unsafe_weights_message_does_not_advise_weights_only_false(tmp_path):
     arch = dict(ngf=4, n_blocks=1)
     mdir = export_model(tmp_path / "model", ResNetGenerator(**arch), arch, hu_window=HUWindow())
-    _unsafe(mdir / "generator.pt")
-    card = json.loads((mdir / "model.json").read_text())
-    card["weights"].pop("sha256")
-    (mdir / "model.json").write_text(json.dumps(card))
+    _unsafe(mdir / "models" / "model.pt")
+    meta = json.loads((mdir / "configs" / "metadata.json").read_text())
+    meta["ldct_monai"]["weights"].pop("sha256")
+    (mdir / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(InputError) as err:
         load_model(mdir)
     msg = str(err.value)

@@ -12,9 +12,9 @@ from ldct_monai.progress import console
 
 def _exported(model_dir: Path) -> str:
     """Which training step the exported generator comes from, and why (from its model card)."""
-    import json
+    from ldct_monai.modelio import read_card
 
-    card = json.loads((model_dir / "model.json").read_text())
+    card = read_card(model_dir)
     sel = card.get("selection") or {}
     if sel.get("by") != "val-noise":
         return f"generator of step {card.get('step')}"
