@@ -99,7 +99,7 @@ def test_monai_verify_metadata_net_in_out_and_torchscript_offline(bundle, tmp_pa
     net = load_model(bundle).generator
     x = torch.rand(2, 1, 32, 48) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(ts(x), net(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(ts(x), net(x), rtol=0, atol=1e-5)  # [-1, 1] units: 0.02 HU
     bad = tmp_path / "metadata.json"
     bad.write_text(json.dumps({k: v for k, v in json.loads((bundle / METADATA).read_text()).items() if k != "authors"}))
     with pytest.raises(ValueError, match="authors"):

@@ -8,7 +8,6 @@ over the data loader, :class:`SliceInferer` for the network, the config's post-p
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from monai.inferers import Inferer
 
 from ldct_monai.errors import InputError
 
-log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -128,12 +126,14 @@ class DenoiseLoop:
 
     def run(self) -> int:
         """Denoise everything the data loader yields; return the number of items post-processed."""
+        from monai.apps.utils import get_logger
         from monai.data import decollate_batch
 
+        logger = get_logger(__name__)  # MONAI's handler and format, like the bundle CLI's own lines
         if self.ckpt_path is not None:
             state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
             self.network.load_state_dict(state)
-            log.info("Loaded weights %s.", self.ckpt_path)
+            logger.info(f"Loaded weights {self.ckpt_path}.")
         self.network.eval()
         n = 0
         with torch.no_grad():
@@ -144,5 +144,8 @@ class DenoiseLoop:
                     if self.postprocessing is not None:
                         self.postprocessing(item)
                     n += 1
-        log.info("Denoised %d image(s).", n)
+                    meta = getattr(item[self.pred_key], "meta", {})
+                    logger.info(f"Denoised {meta.get('filename_or_obj', f'item {n}')} "
+                                f"({' x '.join(str(v) for v in item[self.pred_key].shape[1:])} voxels).")
+        logger.info(f"Denoised {n} image(s).")
         return n

@@ -19,7 +19,7 @@ def parse_baselines(value: str) -> tuple[str, ...]:
 
 def evaluate(
     manifest: Path = typer.Option(..., "--manifest", help="Manifest folder (test_pairs.csv, val_*.csv, splits.json)."),
-    model: str | None = typer.Option(None, "--model", help="Trained model: RUN_DIR, RUN_DIR/model or a shipped model's name (default: the shipped ldct-denoiser-v1)."),
+    model: str | None = typer.Option(None, "--model", help="Trained model: a MONAI bundle (RUN_DIR, RUN_DIR/model or a .zip of a bundle) or a shipped model's name (default: the shipped ldct-denoiser-v1)."),
     out: Path = typer.Option(..., "--out", help="Report folder to create (metrics.csv, summary.*, figures/)."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu or cuda[:N]."),
     precision: str = typer.Option("fp32", "--precision", help="Inference precision: fp32, bf16 or fp16."),
