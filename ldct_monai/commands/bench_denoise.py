@@ -281,13 +281,14 @@ def _probe(args: dict) -> dict:
 
     import torch
 
+    from ldct_monai.bundle import METADATA
     from ldct_monai.commands.denoise import denoise_series
     from ldct_monai.config import HUWindow
     from ldct_monai.modelio import export_model
     from ldct_monai.networks import ResNetGenerator
 
     model = Path(args["model"])
-    if not (model / "model.json").is_file():
+    if not (model / METADATA).is_file():  # the first probe exports the bundle, the later ones reuse it
         arch = dict(ngf=args["ngf"], n_blocks=1)
         export_model(model, ResNetGenerator(**arch), arch, hu_window=HUWindow(), name="bench-memory")
     s = denoise_series(args["series"], args["out"], model, device=args["device"], precision=args["precision"],
