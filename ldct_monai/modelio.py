@@ -364,7 +364,10 @@ def convert_model(src: Path, dst: Path, *, overwrite: bool = False) -> Path:
     src = Path(src)
     if find_bundle(src) is not None:
         raise InputError(f"{src}: already a MONAI bundle; nothing to convert.")
-    loaded, weights = _read_model(src, warn=False)
+    if _legacy_dir(src) is None:
+        raise InputError(f"{src}: no model folder from before bundles here (expected {LEGACY_CARD} and "
+                         f"{LEGACY_WEIGHTS} in it or in its {MODEL_DIRNAME}/ folder).")
+    loaded, weights = _read_legacy(_legacy_dir(src))
     card = {k: v for k, v in loaded.card.items() if k not in ("format", "weights")}
     created = card.get("created", "an unknown date")
     card["converted"] = {"from": f"{LEGACY_CARD} + {LEGACY_WEIGHTS} (card format {loaded.card.get('format', 1)})",

@@ -100,6 +100,15 @@ def test_monai_verify_metadata_net_in_out_and_torchscript_offline(bundle, tmp_pa
     x = torch.rand(2, 1, 32, 48) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(ts(x), net(x), rtol=0, atol=1e-5)  # [-1, 1] units: 0.02 HU
+    import nibabel as nib
+    from monai.bundle import ConfigWorkflow
+
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 1), np.float32), np.eye(4)), tmp_path / "in" / "x.nii.gz")
+    workflow = ConfigWorkflow(config_file=cfg, workflow_type="infer", logging_file=False,
+                              dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+    workflow.initialize()
+    assert workflow.check_properties() == []  # MONAI's InferProperties: every required and optional id is right
     bad = tmp_path / "metadata.json"
     bad.write_text(json.dumps({k: v for k, v in json.loads((bundle / METADATA).read_text()).items() if k != "authors"}))
     with pytest.raises(ValueError, match="authors"):
