@@ -21,7 +21,7 @@ from ldct_monai.schema import PRECISIONS
 CACHE_MODES = ("none", "memory", "disk")
 D_NORMS = ("instance", "batch", "none")
 D_CONDITIONS = ("none", "body-part")
-MODEL_SELECT = ("last", "val-noise")
+MODEL_SELECT = ("last", "val-pairs", "val-noise")
 METHODS = ("cyclegan", "supervised")
 SUPERVISED_LOSSES = ("l1", "mse", "l1+ssim")
 
@@ -96,6 +96,7 @@ class TrainConfig:
     decay_epochs: int = 5  # lr constant, then linear decay to 0 over the last decay_epochs (Zhu et al.)
     total_steps: int = 0  # >0: schedule length in optimizer steps instead of epochs (decay over the last half)
     max_steps: int = 0  # >0: stop after this many optimizer steps, schedule unchanged (smoke tests, quick looks)
+    d_warmup_steps: int = 0  # CycleGAN: first steps train only the discriminators (fine-tuning from --init-generator)
     pool_size: int = 50  # image pool of generated images shown to the discriminators (Zhu et al.)
     grad_clip: float = 0.0  # clip gradient norm at this value, or disable if == 0.0
 
@@ -105,7 +106,7 @@ class TrainConfig:
     val_slices: int = 4  # val slices per dose used for validation (full slices, fixed set)
     checkpoint_every: int = 500  # steps between checkpoints (plus one at each epoch end and at the end)
     keep_checkpoints: int = 3  # keep the last K checkpoints
-    model_select: str = "last"  # exported generator: last, or val-noise = the validation whose G(LD) noise is nearest real FD's
+    model_select: str = "last"  # exported generator: last; val-pairs = best paired val gain (needs val_pairs.csv); val-noise
     tensorboard: bool = True  # write TensorBoard event files in RUN_DIR/tb
 
     def __post_init__(self) -> None:
@@ -251,6 +252,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_norm": "batch", "d_window": True, "d_condition": "body-part", "body_part_batches": True,
         "num_workers": 0, "total_steps": 400, "log_every": 10, "val_every": 50, "checkpoint_every": 100,
         "val_slices": 6,
+    },
+    # Adapts the shipped denoiser to unpaired data of a new scanner or dose on 2 CPU cores: the CycleGAN's
+    # LD -> FD generator starts from ldct-denoiser-v1 (same architecture: 24 filters, 4 blocks, no norm), the
+    # FD -> LD one from the identity. A low lr and a light cycle weight: cycle L1 cannot be met by a
+    # denoiser (F cannot restore the exact noise it removed), and at 10 it pulls G back towards the identity.
+    "cpu-finetune": {
+        "init_generator": "builtin", "ngf": 24, "n_blocks": 4, "g_norm": "none", "grad_clip": 1.0,
+        "patch_size": 64, "patches_per_slice": 4, "batch_size": 8, "ndf": 16,
+        "d_norm": "batch", "d_window": True, "d_condition": "body-part", "body_part_batches": True,
+        "lr": 2e-5, "lambda_cycle": 1.0, "d_warmup_steps": 50, "model_select": "val-pairs", "num_workers": 0, "total_steps": 300, "log_every": 10, "val_every": 50,
+        "checkpoint_every": 100, "val_slices": 6,
     },
 }
 

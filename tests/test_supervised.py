@@ -140,3 +140,41 @@ def test_generator_without_norm_is_fully_convolutional():
     g_in = ResNetGenerator(ngf=4, n_blocks=1).eval()
     with torch.no_grad():
         assert not torch.allclose(g_in(x)[..., 48:80, 48:80], g_in(x[..., 8:120, 8:120])[..., 40:72, 40:72], atol=1e-4)
+
+
+def test_cyclegan_warm_up_trains_only_the_discriminators(paired_manifest):
+    from ldct_monai.data import UnpairedBatches, split_records
+    from ldct_monai.engine import CycleGAN
+
+    cfg = TrainConfig.from_preset("cpu-small", manifest=str(paired_manifest), out="unused", d_warmup_steps=2, lr=1e-2,
+                                  **TINY)
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
+    batches = UnpairedBatches(cfg, split_records(paired_manifest, "train_ld", "ld", "low"),
+                              split_records(paired_manifest, "train_fd", "fd", "full"))
+    batch = next(iter(batches.epoch(0)))
+    snap = lambda m: {k: v.clone() for k, v in m.state_dict().items()}  # noqa: E731
+    g0, d0 = snap(model.gens), snap(model.discs)
+    for _ in range(2):
+        assert torch.isfinite(model.train_step(*batch)).all()
+    assert all(torch.equal(g0[k], v) for k, v in model.gens.state_dict().items())  # warm-up: G untouched
+    assert any(not torch.equal(d0[k], v) for k, v in model.discs.state_dict().items())  # ... while D learnt
+    model.train_step(*batch)
+    assert any(not torch.equal(g0[k], v) for k, v in model.gens.state_dict().items())  # then G trains too
+
+
+def test_cyclegan_scored_on_val_twins_exports_the_best_val_pairs_step(paired_manifest, tmp_path):
+    """With val twins in the manifest the CycleGAN is scored on them (gain_db), and model_select val-pairs
+    exports the best scored step (step 0, the starting generator, takes part)."""
+    src = train(_cfg(paired_manifest, tmp_path / "src", max_steps=3))
+    kw = {**TINY, "max_steps": 4, "val_every": 2, "checkpoint_every": 2}
+    run = train(TrainConfig.from_preset("cpu-small", manifest=str(paired_manifest), out=str(tmp_path / "cg"),
+                                        init_generator=str(src), model_select="val-pairs", lr=1e-2, **kw))
+    val = pd.read_csv(run / "val_metrics.csv")
+    assert {"gain_db", "noise_g_ld"} <= set(val.columns) and list(val["step"]) == [0, 2, 4]
+    card = load_model(run).card
+    best = int(val.loc[val["gain_db"].idxmax(), "step"])
+    assert card["selection"]["by"] == "val-pairs" and card["selection"]["step"] == best
+    assert card["selection"]["gain_db"] == pytest.approx(val["gain_db"].max(), abs=1e-4)
+    if best == 0:  # the exported generator is the start
+        start = load_model(src).generator.state_dict()
+        assert all(torch.equal(v, start[k]) for k, v in load_model(run).generator.state_dict().items())

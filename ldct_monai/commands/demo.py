@@ -16,6 +16,11 @@ def _exported(model_dir: Path) -> str:
 
     card = read_card(model_dir)
     sel = card.get("selection") or {}
+    if sel.get("by") == "val-pairs":
+        text = f"step {sel.get('step')} of {sel.get('last_step')}, the best paired val gain ({sel.get('gain_db', float('nan')):+.2f} dB)"
+        if sel.get("step") == 0:
+            text += ": no fine-tuning step beat the starting generator on val, so it was kept"
+        return text
     if sel.get("by") != "val-noise":
         return f"generator of step {card.get('step')}"
     text = f"step {sel.get('step')} of {sel.get('last_step')}, chosen by validation noise"
