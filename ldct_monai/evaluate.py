@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 SUMMARY_FORMAT = 1
 INPUT = "low_dose"  # the method name of the unprocessed low-dose row; gains are measured against it
 MODEL = "model"
-METHOD_LABELS = {INPUT: "low-dose input", MODEL: "model", "gaussian": "Gaussian filter", "nlm": "non-local means", "bm3d": "BM3D"}
+REFERENCE = "reference"  # a second model on the same slices (--reference), e.g. the shipped one beside a fine-tuned one
+METHOD_LABELS = {INPUT: "low-dose input", MODEL: "model", REFERENCE: "reference model", "gaussian": "Gaussian filter", "nlm": "non-local means", "bm3d": "BM3D"}
 ALL = "all"  # body-part value of the pooled rows in the summaries
 TEST_COLUMNS = ("patient_id", "body_part", "z", "ld_path", "fd_path")
 VAL_PAIRS_FILE = "val_pairs.csv"  # paired val slices (build-manifest --paired); same columns as test_pairs.csv
@@ -77,6 +78,7 @@ class EvalConfig:
     gaussian_sigma: float | None = None  # px; fixed instead of tuned on val
     nlm_k: float | None = None  # h = k x slice noise; fixed instead of tuned on val pairs / the default 0.9
     bm3d_k: float | None = None  # sigma_psd = k x slice noise; fixed instead of tuned on val pairs / the default 2.0
+    reference: str | None = None  # a second model (name, folder or zip) scored beside the model, e.g. "builtin"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))  # a list from Python callers is fine too
@@ -108,7 +110,7 @@ class EvalConfig:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        return (INPUT, MODEL, *self.baselines)
+        return (INPUT, MODEL, *((REFERENCE,) if self.reference else ()), *self.baselines)
 
 
 @dataclass
@@ -167,6 +169,11 @@ def evaluate(
     selected = _select(pairs_df, config.max_slices)
     model = load_model(model_path)
     denoiser = _make_denoiser(model, config)
+    reference = None
+    if config.reference:
+        from ldct_monai.models import resolve_model
+
+        reference = _make_denoiser(load_model(resolve_model(config.reference)), config)
     figure_idx = set(_figure_slices(selected, config.n_figures))
     timing: dict[str, float] = {}
 
@@ -175,7 +182,7 @@ def evaluate(
         params = _tune_baselines(manifest_dir, config, sorted({p.body_part for p in selected}, key=_bp_order), prog)
         timing["tune_baselines_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rows, method_time, seconds = _run(selected, denoiser, config, params, figure_idx, prog)
+        rows, method_time, seconds = _run(selected, denoiser, config, params, figure_idx, prog, reference)
         timing["evaluate_s"] = time.perf_counter() - t0
         timing.update({f"{m}_s": v for m, v in method_time.items()})
 
@@ -192,6 +199,11 @@ def evaluate(
         summary = _summary_dict(
             metrics, summary_df, config, model, manifest_dir, manifest_hash(manifest_dir), denoiser, params, figures, timing, seconds_df
         )
+        if reference is not None:
+            ref = reference.model
+            summary["reference_model"] = {"path": str(ref.path), "name": ref.name, "card_hash": ref.card_hash,
+                                          "step": ref.card.get("step")}
+            summary["method_labels"][REFERENCE] = f"{ref.name} (reference)"
         summary["out_dir"] = str(out_dir.resolve())
         atomic_write_text(tmp / "metrics.csv", metrics.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(tmp / "summary.csv", summary_df.to_csv(index=False, float_format="%.6g"))
@@ -265,7 +277,7 @@ def _make_denoiser(model, config: EvalConfig):
 
 
 def _read_pair(pair: _Pair) -> tuple[np.ndarray, np.ndarray]:
-    from ldct_monai.dicom.core import read_hu
+    from ldct_monai.dicom.reader import read_hu
 
     ld = read_hu(pair.row["ld_path"])
     fd = read_hu(pair.row["fd_path"])
@@ -277,7 +289,8 @@ def _read_pair(pair: _Pair) -> tuple[np.ndarray, np.ndarray]:
     return ld, fd
 
 
-def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_idx: set[int], prog) -> tuple[list[dict], dict, list[dict]]:
+def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_idx: set[int], prog,
+         reference=None) -> tuple[list[dict], dict, list[dict]]:
     """Denoise, filter and score every selected pair; keep the images of the figure slices.
 
     Returns:
@@ -290,7 +303,7 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
     from ldct_monai.baselines import apply_baseline, estimate_noise_std
     from ldct_monai.metrics import slice_metrics
 
-    method_time = {m: 0.0 for m in (MODEL, *config.baselines, "noise_estimate", "metrics")}
+    method_time = {m: 0.0 for m in (*config.methods[1:], "noise_estimate", "metrics")}
     task = prog.add_task("evaluate", total=len(pairs), unit="slice")
     rows: list[dict] = []
     seconds: list[dict] = []
@@ -306,10 +319,18 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
             den = [denoiser(ld) for ld, _ in loaded]
         model_s = time.perf_counter() - t0
         method_time[MODEL] += model_s
-        for k, (pair, (ld, fd), dn) in enumerate(zip(chunk, loaded, den)):
+        ref_s, ref = 0.0, [None] * len(loaded)
+        if reference is not None:
+            t0 = time.perf_counter()
+            ref = list(reference(np.stack([ld for ld, _ in loaded]))) if len(shapes) == 1 else [reference(ld) for ld, _ in loaded]
+            ref_s = time.perf_counter() - t0
+            method_time[REFERENCE] += ref_s
+        for k, (pair, (ld, fd), dn, rn) in enumerate(zip(chunk, loaded, den, ref)):
             bp = pair.body_part
             images = {INPUT: ld, MODEL: np.asarray(dn, dtype=np.float32)}
             spent = {INPUT: 0.0, MODEL: model_s / len(chunk)}
+            if rn is not None:
+                images[REFERENCE], spent[REFERENCE] = np.asarray(rn, dtype=np.float32), ref_s / len(chunk)
             noise_s, noise = 0.0, None
             if uses_noise:
                 t0 = time.perf_counter()
@@ -550,7 +571,7 @@ def _tuned_facts(t, n_ld: int, n_fd: int) -> dict:
 
 def _val_slices(manifest_dir: Path, per_group: int) -> dict[str, tuple[list, list]]:
     """Up to ``per_group`` evenly spaced val slices (HU) per body part and dose."""
-    from ldct_monai.dicom.core import read_hu
+    from ldct_monai.dicom.reader import read_hu
     from ldct_monai.manifest import load_split
 
     out: dict[str, tuple[list, list]] = {}
@@ -848,7 +869,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "slice"
 
 
-SHORT_LABELS = {INPUT: "low-dose", MODEL: "model", "gaussian": "Gaussian", "nlm": "NLM", "bm3d": "BM3D"}
+SHORT_LABELS = {INPUT: "low-dose", MODEL: "model", REFERENCE: "reference", "gaussian": "Gaussian", "nlm": "NLM", "bm3d": "BM3D"}
 
 
 def summary_table(summary: dict, per_body_part: bool = False):

@@ -33,6 +33,7 @@ def evaluate(
     gaussian_sigma: float | None = typer.Option(None, "--gaussian-sigma", help="Fixed Gaussian sigma in px (default: tuned on val)."),
     nlm_k: float | None = typer.Option(None, "--nlm-k", help="Fixed NLM multiplier: h = k x each slice's noise (default: tuned on val pairs, else 0.9)."),
     bm3d_k: float | None = typer.Option(None, "--bm3d-k", help="Fixed BM3D multiplier: sigma_psd = k x each slice's noise (default: tuned on val pairs, else 2.0)."),
+    reference: str | None = typer.Option(None, "--reference", help="A second model scored on the same slices (a shipped model's name such as builtin, a folder or a zip), e.g. the shipped model beside a fine-tuned one."),
     per_body_part: bool = typer.Option(False, "--per-body-part", help="Also print table rows per body part."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty report folder."),
 ) -> None:
@@ -56,6 +57,7 @@ def evaluate(
         gaussian_sigma=gaussian_sigma,
         nlm_k=nlm_k,
         bm3d_k=bm3d_k,
+        reference=reference,
     )
     from ldct_monai.models import resolve_model
 
