@@ -36,7 +36,7 @@ from monai.transforms import (
 from monai.utils import StrEnum
 
 from ldct_monai.config import DEFAULT_HU_WINDOW, HUWindow
-from ldct_monai.dicom.core import read_hu
+from ldct_monai.dicom.reader import read_hu
 from ldct_monai.errors import InputError
 
 
@@ -50,8 +50,8 @@ class Keys(StrEnum):
 class LoadCTSlice(Transform):
     """Read one single-frame CT DICOM file into a (1, H, W) float32 tensor of HU.
 
-    A thin pydicom path (``ldct_monai.dicom.core.read_hu``): the slice's own RescaleSlope/Intercept, no
-    reorientation. MONAI's ``LoadImage(reader="PydicomReader")`` transposes rows and columns and was
+    The package's one pixel-read path (``ldct_monai.dicom.reader.read_hu``: the same accept / reject decision
+    as build-manifest and denoise): the slice's own RescaleSlope/Intercept, no reorientation. MONAI's ``LoadImage(reader="PydicomReader")`` transposes rows and columns and was
     measured ~6x slower per slice (docs/training.md), so it is not used here.
     """
 

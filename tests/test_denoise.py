@@ -254,7 +254,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     d = tmp / "no_dicom"
     d.mkdir(parents=True)
     (d / "a.txt").write_text("hello")
-    cases["no DICOM"] = (d, "no usable CT slices found in 1 file(s) (1 not DICOM)")
+    cases["no DICOM"] = (d, "no usable CT slices found in 1 file(s) (1 not_dicom)")
     d = tmp / "truncated"
     f = write_series(d, n_slices=2, size=16)[1]
     f.write_bytes(f.read_bytes()[:-64])
@@ -274,7 +274,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     cases["mixed sizes"] = (d, "mixed image sizes (Rows x Columns): 16x16 in 2 file(s) (e.g. 1-001.dcm), 8x32 in 1 file(s) (e.g. 1-003.dcm).")
     d = tmp / "mr"
     write_series(d, n_slices=2, size=16, extra={"Modality": "MR"})
-    cases["non-CT modality"] = (d, "no usable CT slices found in 2 file(s) (2 Modality MR, not CT)")
+    cases["non-CT modality"] = (d, "no usable CT slices found in 2 file(s) (2 not_ct)")
     return cases
 
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from ldct_monai.baselines import flat_noise_std, gaussian_denoise, match_noise, nlm_denoise, tune_gaussian
 from ldct_monai.cli import app
 from ldct_monai.config import DEFAULT_HU_WINDOW
-from ldct_monai.dicom.core import read_hu
 from ldct_monai.dicom.create import SeriesInfo, make_uid, write_ct_series
+from ldct_monai.dicom.reader import read_hu
 from ldct_monai.errors import InputError, OutputExistsError
 from ldct_monai.evaluate import EvalConfig, evaluate, summary_markdown, summary_table
 from ldct_monai.metrics import METRIC_COLUMNS, slice_metrics

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from conftest import REAL_CT, dciodvfy_errors, requires_dciodvfy, write_series
 from ldct_monai.cli import app
 from ldct_monai.config import HUWindow
-from ldct_monai.dicom.core import read_hu, slice_normal, slice_position, to_hu
+from ldct_monai.dicom.core import slice_normal, slice_position, to_hu
 from ldct_monai.dicom.create import hu_to_stored, make_uid
+from ldct_monai.dicom.reader import read_hu
 from ldct_monai.errors import InputError, OutputExistsError
 from ldct_monai.inference import Denoiser
 from ldct_monai.io_utils import atomic_output_dir

@@ -1,16 +1,14 @@
 """Small DICOM facts every stage needs: slice geometry and the modality LUT to Hounsfield units.
 
-Kept apart from the series reader/writer so header-only scanners (``build-manifest``) and the per-slice
-loader of the training transforms share one definition of "z" and of "HU".
+Kept apart from the series reader/writer so the header-only scan (``build-manifest``), the readers and the
+writers share one definition of "z" and of "HU".
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from ldct_monai.errors import InputError
@@ -107,19 +105,6 @@ def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
         lo, hi = sorted((pad, int(limit)))
         mask = (stored >= lo) & (stored <= hi)
     return mask if mask.any() else None
-
-
-def read_hu(path: str | Path) -> np.ndarray:
-    """Read one single-frame CT slice and return its pixels in HU as float32 (rows, cols).
-
-    Raises:
-        InputError: the file is not readable DICOM or has no pixel data.
-    """
-    try:
-        ds = pydicom.dcmread(path)
-        return to_hu(ds)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, AttributeError, EOFError) as err:
-        raise InputError(f"{path}: cannot read CT pixels ({type(err).__name__}: {err}).") from err
 
 
 def _name(ds: Dataset) -> str:

@@ -42,8 +42,10 @@ import pydicom
 import pydicom.dataset
 import pydicom.uid
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
-from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, padding_mask, slice_normal, slice_position, to_hu
+from ldct_monai.dicom.classify import PROJECTION_TAGS, Rejected, SliceFacts, check_geometry, check_image, is_ct
+from ldct_monai.dicom.core import CT_IMAGE_STORAGE, padding_mask, slice_normal, slice_position, to_hu
 from ldct_monai.dicom.create import make_uid
 from ldct_monai.errors import InputError
 
@@ -52,6 +54,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 PIXEL_DATA = 0x7FE00010
+_PIXEL_TAGS = (PIXEL_DATA, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
+# Classifier reasons that make a file of the folder broken (read_series refuses the series) rather than skipped.
+BROKEN_REASONS = frozenset({"unreadable", "truncated", "no_pixel_data", "unsupported_pixels", "undecodable", "missing_geometry"})
 DUPLICATE_TOL_MM = 0.01  # two slices closer than this along the normal are the same position
 SPACING_REL_TOL = 0.01  # a step differing from the median step by more than 1 % (+ 1 µm) is uneven
 ORIENTATION_TOL = 1e-4  # direction cosines equal within this
@@ -137,7 +142,8 @@ class ScanResult:
     Attributes:
         root: the folder searched.
         series: SeriesInstanceUID -> headers of its CT slices (file order).
-        skipped: (path, reason) for every file that is not a usable CT slice.
+        skipped: (path, "reason: detail") for every file that is not a usable CT slice (reason: a key of
+            :data:`ldct_monai.dicom.classify.FILE_REASONS`, or why a linked folder was not followed).
         broken: (path, problem, SeriesInstanceUID or None) for CT files that are truncated or corrupt.
     """
 
@@ -243,8 +249,63 @@ class CTSeries:
         return vol
 
 
+def read_slice_file(path: str | Path, minted: tuple[tuple[str, str], ...] = (), *, classified: bool = False
+                    ) -> tuple[Dataset, np.ndarray, list[str]]:
+    """Read one slice file in full, check it is a usable CT slice and decode its stored pixel values.
+
+    The one pixel-read path of the package (denoise, training, evaluation): the decision of the series scan
+    (:mod:`ldct_monai.dicom.classify`, the reasons of ``skipped.csv``), raw data sets without preamble, a
+    missing transfer syntax recorded, elements whose value does not fit their VR dropped
+    (:func:`drop_unreadable`).
+
+    Args:
+        path: the file.
+        minted: (keyword, UID) pairs to set for UIDs the file holds empty (from the series scan).
+        classified: the series scan has already accepted this file (denoise): do not classify it again.
+
+    Returns:
+        (dataset, stored values (rows, cols), elements dropped).
+
+    Raises:
+        InputError: the file cannot be read, is not a usable CT slice (with the reason of ``skipped.csv``),
+            or its pixel data cannot be decoded.
+    """
+    if not classified:
+        with quiet_pydicom(warnings_too=False):
+            hdr, reason, _ = _classify(Path(path))
+        if hdr is None:
+            raise InputError(f"{path}: not a usable CT slice ({(reason or 'not_dicom').lstrip('!')}).")
+    try:
+        with quiet_pydicom(warnings_too=False):
+            ds = pydicom.dcmread(path, force=True)  # the scan accepted it as CT (raw data sets have no preamble)
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types; all mean "bad file"
+        raise InputError(f"{path}: cannot read the file ({type(err).__name__}: {_first_line(err)}).") from err
+    dropped = drop_unreadable(ds, path)
+    for kw, uid in minted:
+        setattr(ds, kw, uid)
+    try:
+        with quiet_pydicom(warnings_too=False):
+            _set_transfer_syntax_if_missing(ds)
+            stored = ds.pixel_array
+    except Exception as err:  # pydicom and the decoder plugins raise many types; all mean "bad file"
+        raise InputError(f"{path}: cannot decode pixel data ({type(err).__name__}: {_first_line(err)}).") from err
+    return ds, stored, dropped
+
+
+def read_hu(path: str | Path) -> np.ndarray:
+    """One single-frame CT slice in HU as float32 (rows, cols), with its own RescaleSlope/Intercept.
+
+    What training (:class:`ldct_monai.transforms.LoadCTSlice`) and evaluation read: :func:`read_slice_file`.
+
+    Raises:
+        InputError: as :func:`read_slice_file`.
+    """
+    ds, stored, _ = read_slice_file(path)
+    return to_hu(ds, stored)
+
+
 def decode_slice(ref: SliceRef, index: int, rows: int, columns: int) -> CTSlice:
-    """Read one slice file fully and decode it (module-level so worker processes can run it).
+    """Read one slice of a scanned series and decode it (module-level so worker processes can run it).
 
     Args:
         ref: the slice reference from :func:`read_series`.
@@ -252,22 +313,9 @@ def decode_slice(ref: SliceRef, index: int, rows: int, columns: int) -> CTSlice:
         rows, columns: the series' image size, checked again (the file may have changed since the scan).
 
     Raises:
-        InputError: the file cannot be read or decoded, or its size differs.
+        InputError: as :func:`read_slice_file`, or its size differs.
     """
-    try:
-        with quiet_pydicom(warnings_too=False):
-            ds = pydicom.dcmread(ref.path, force=True)  # the scan already accepted it as CT (raw data sets have no preamble)
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types; all mean "bad file"
-        raise InputError(f"{ref.path}: cannot read the file ({type(err).__name__}: {_first_line(err)}).") from err
-    dropped = drop_unreadable(ds, ref.path)
-    for kw, uid in ref.minted:
-        setattr(ds, kw, uid)
-    try:
-        with quiet_pydicom(warnings_too=False):
-            _set_transfer_syntax_if_missing(ds)
-            stored = ds.pixel_array
-    except Exception as err:  # pydicom and the decoder plugins raise many types; all mean "bad file"
-        raise InputError(f"{ref.path}: cannot decode pixel data ({type(err).__name__}: {_first_line(err)}).") from err
+    ds, stored, dropped = read_slice_file(ref.path, ref.minted, classified=True)
     if stored.shape != (rows, columns):
         raise InputError(f"{ref.path}: expected a {rows}x{columns} slice, found pixel array {stored.shape}.")
     hu = to_hu(ds, stored)
@@ -490,6 +538,7 @@ def _read_header(path: Path) -> tuple[_Header | None, str | None, str | None]:
 
 
 def _classify(path: Path) -> tuple[_Header | None, str | None, Dataset | None]:
+    """The scan's decision for one file (:mod:`ldct_monai.dicom.classify`); a CT file with a problem is broken."""
     looks_dicom = _has_dicm_prefix(path)
     force = not looks_dicom and (path.suffix.lower() in (".dcm", ".ima") or _looks_like_raw_dataset(path))
     try:
@@ -498,37 +547,63 @@ def _classify(path: Path) -> tuple[_Header | None, str | None, Dataset | None]:
             ds = pydicom.dcmread(path, defer_size=1024, force=force)
     except Exception as err:  # pydicom raises InvalidDicomError, EOFError, ValueError, struct.error ...
         if looks_dicom:
-            return None, f"!cannot parse: {type(err).__name__}: {_first_line(err)}", None
-        return None, "not DICOM", None
-    eof_warning = any("End of file" in str(w.message) for w in caught)
-    sop_class = str(getattr(ds, "SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
-    modality = str(getattr(ds, "Modality", "") or "")
-    is_ct = sop_class == CT_IMAGE_STORAGE or modality == "CT"
-    if eof_warning:  # pydicom read up to the end of the file without finding the end of the data
-        if is_ct:
-            return None, "!truncated: the file ends inside its data", ds
-        return None, "truncated DICOM", ds
-    if sop_class == CT_IMAGE_STORAGE and PIXEL_DATA not in ds and ("Rows" not in ds or not modality):
+            return None, f"!unreadable: cannot parse: {type(err).__name__}: {_first_line(err)}", None
+        return None, "not_dicom", None
+    facts = facts_of(ds)
+    ct = is_ct(facts)
+    if any("End of file" in str(w.message) for w in caught):  # read to the end without finding the end of the data
+        return None, ("!" if ct else "") + "truncated: the file ends inside its data", ds
+    if facts.sop_class == CT_IMAGE_STORAGE and PIXEL_DATA not in ds and ("Rows" not in ds or not facts.modality):
         # cut inside its header: pydicom stops quietly when too few bytes are left for the next element
         return None, f"!truncated: the file ends after {os.path.getsize(path)} bytes, inside its header (no Pixel Data)", ds
-    if "SeriesInstanceUID" not in ds and not sop_class and not modality:
-        return None, "not DICOM", ds
-    if sop_class == CT_IMAGE_STORAGE and not modality:
-        return None, "!Modality missing in a CT Image Storage file", ds
-    if modality != "CT":
-        return None, f"Modality {modality or 'missing'}, not CT", ds
-    if sop_class == ENHANCED_CT_IMAGE_STORAGE:
-        return None, "Enhanced CT (multi-frame) is not supported", ds
-    if sop_class != CT_IMAGE_STORAGE:
-        return None, f"SOP class {sop_class or 'missing'} is not CT Image Storage", ds
-    if "SeriesInstanceUID" not in ds or "SOPInstanceUID" not in ds:
-        return None, "!SeriesInstanceUID or SOPInstanceUID missing", ds
-    if PIXEL_DATA not in ds:
-        return None, "!no Pixel Data", ds
-    problem = _pixel_length_problem(path, ds)
-    if problem:
-        return None, "!" + problem, ds
-    return _Header(path=path, ds=ds), None, ds
+    if "SeriesInstanceUID" not in ds and not facts.sop_class and not facts.modality:
+        return None, "not_dicom", ds
+    rejected = check_image(facts)
+    if rejected is None:
+        rejected = _pixel_length_problem(path, ds) or check_geometry(facts)
+    if rejected is None:
+        return _Header(path=path, ds=ds), None, ds
+    if rejected.reason in BROKEN_REASONS:  # a CT file that should be usable but is not: never skipped silently
+        return None, f"!{rejected.reason}: {rejected.detail}", ds
+    return None, f"{rejected.reason}: {rejected.detail}", ds
+
+
+def facts_of(ds: Dataset) -> SliceFacts:
+    """The :class:`~ldct_monai.dicom.classify.SliceFacts` of a pydicom dataset (values that do not parse count as absent)."""
+    def get(keyword: str):
+        try:
+            return ds.get(keyword)
+        except Exception:  # noqa: BLE001 - a value that does not fit its VR
+            return None
+
+    def numbers(keyword: str) -> list[float] | None:
+        v = get(keyword)
+        try:
+            return None if v in (None, "") else [float(x) for x in (v if isinstance(v, (list, tuple, MultiValue)) else [v])]
+        except (TypeError, ValueError):
+            return None
+
+    meta = getattr(ds, "file_meta", None)
+    image_type = get("ImageType") or []
+    frames = numbers("NumberOfFrames")
+    return SliceFacts(
+        sop_class=str(get("SOPClassUID") or getattr(meta, "MediaStorageSOPClassUID", "") or ""),
+        modality=str(get("Modality") or "").strip().upper(),
+        image_type="\\".join(str(v) for v in ([image_type] if isinstance(image_type, str) else image_type)).upper(),
+        description=str(get("SeriesDescription") or ""),
+        frames=frames[0] if frames else None,
+        projection_tags=any(t in ds for t in PROJECTION_TAGS),
+        has_pixel_data=any(t in ds for t in _PIXEL_TAGS),
+        samples=_int_or_none(get("SamplesPerPixel")),
+        bits_allocated=_int_or_none(get("BitsAllocated")),
+        photometric=str(get("PhotometricInterpretation") or "").strip().upper(),
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "") or "") or None if meta is not None else None,
+        rows=_int_or_none(get("Rows")),
+        cols=_int_or_none(get("Columns")),
+        ipp=numbers("ImagePositionPatient"),
+        iop=numbers("ImageOrientationPatient"),
+        has_uids="SeriesInstanceUID" in ds and "SOPInstanceUID" in ds,
+    )
 
 
 def _set_transfer_syntax_if_missing(ds: Dataset) -> None:
@@ -561,7 +636,7 @@ def _has_dicm_prefix(path: Path) -> bool:
         return False
 
 
-def _pixel_length_problem(path: Path, ds: Dataset) -> str | None:
+def _pixel_length_problem(path: Path, ds: Dataset) -> Rejected | None:
     """For native (uncompressed) pixel data: the value must be in the file and as long as the image."""
     raw = ds._dict.get(PIXEL_DATA)  # deferred RawDataElement: length and file offset, value not read
     length = getattr(raw, "length", None)
@@ -570,13 +645,13 @@ def _pixel_length_problem(path: Path, ds: Dataset) -> str | None:
         return None  # already read, or encapsulated (compressed): decoding checks it
     size = os.path.getsize(path)
     if tell + length > size:
-        return f"truncated: Pixel Data needs {length} bytes, the file ends {tell + length - size} bytes short"
+        return Rejected("truncated", f"Pixel Data needs {length} bytes, the file ends {tell + length - size} bytes short")
     try:
         expected = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1)) * int(getattr(ds, "NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) // 8
     except (AttributeError, TypeError, ValueError):
-        return "Rows, Columns or BitsAllocated missing"
+        return Rejected("missing_geometry", "Rows, Columns or BitsAllocated missing")
     if length < expected:
-        return f"Pixel Data has {length} bytes, {expected} expected for {ds.Rows}x{ds.Columns}x{ds.BitsAllocated} bits"
+        return Rejected("truncated", f"Pixel Data has {length} bytes, {expected} expected for {ds.Rows}x{ds.Columns}x{ds.BitsAllocated} bits")
     return None
 
 
@@ -609,22 +684,7 @@ def _validate(root: Path, uid: str, headers: list[_Header], skipped: list[tuple[
     distinct("image sizes (Rows x Columns)", lambda d: f"{int(d.Rows)}x{int(d.Columns)}")
     distinct("orientations (ImageOrientationPatient)", lambda d: tuple(round(float(v), 6) for v in d.ImageOrientationPatient), ORIENTATION_TOL)
     distinct("pixel spacing (PixelSpacing)", lambda d: tuple(float(v) for v in d.PixelSpacing), PIXEL_SPACING_TOL)
-    for label, key, allowed in (
-        ("BitsAllocated", "BitsAllocated", {16}),
-        ("SamplesPerPixel", "SamplesPerPixel", {1}),
-        ("NumberOfFrames", "NumberOfFrames", {1, None}),
-    ):
-        bad = [h for h in headers if _int_or_none(getattr(h.ds, key, None)) not in allowed]
-        if bad:
-            problems.append(f"{label} must be {sorted(a for a in allowed if a)[0]}, found {getattr(bad[0].ds, key, None)} in {_rel(bad[0].path, root)}")
-    photometric = {str(getattr(h.ds, "PhotometricInterpretation", "")) for h in headers}
-    if not photometric <= {"MONOCHROME1", "MONOCHROME2"}:
-        problems.append(f"PhotometricInterpretation must be MONOCHROME1/2, found {sorted(photometric)}")
     syntaxes = sorted({str(h.ds.file_meta.TransferSyntaxUID) for h in headers if "TransferSyntaxUID" in getattr(h.ds, "file_meta", {})})
-    for ts in syntaxes:
-        why = _undecodable(ts)
-        if why:
-            problems.append(why)
     by_sop: dict[str, list[Path]] = collections.defaultdict(list)
     for h in headers:
         by_sop[h.uid("SOPInstanceUID")].append(h.path)
@@ -727,21 +787,6 @@ def _unreadable_elements(ds: Dataset) -> list[str]:
     return out
 
 
-def _undecodable(ts: str) -> str | None:
-    """None when pydicom can decode this transfer syntax here, else why not."""
-    from pydicom.pixels import get_decoder
-
-    uid = pydicom.uid.UID(ts)
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        return f"transfer syntax {uid.name} ({ts}) cannot be decoded by pydicom"
-    if not decoder.is_available:
-        missing = "; ".join(f"{name}: {', '.join(deps)}" for name, deps in decoder.missing_dependencies.items()) if hasattr(decoder, "missing_dependencies") else ""
-        return f"transfer syntax {uid.name} needs a decoder plugin that is not installed ({missing or 'see pydicom docs'})"
-    return None
-
-
 def _rel(path: Path, root: Path) -> str:
     """A file named relative to the series folder (file names repeat across sub-folders)."""
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
@@ -755,7 +800,7 @@ def _int_or_none(v) -> int | None:
 
 
 def _reason_counts(skipped: list[tuple[Path, str]]) -> str:
-    counts = collections.Counter(reason for _, reason in skipped)
+    counts = collections.Counter(reason.split(":", 1)[0] for _, reason in skipped)  # by reason, not detail
     return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
 
 

@@ -27,23 +27,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ldct_monai.dicom.core import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, z_along_normal
+from ldct_monai.dicom.classify import FILE_REASONS, PROJECTION_TAGS, SliceFacts, check_geometry, check_image
+from ldct_monai.dicom.core import z_along_normal
 from ldct_monai.errors import LdctError
 
 log = logging.getLogger(__name__)
 
-# Reasons a file is not used, in the order the checks run (file-level ones first, then the manifest
-# stage's series-, patient- and split-level ones). skipped.csv uses these exact strings.
+# Reasons a file is not used: the file-level ones of the shared classifier (ldct_monai.dicom.classify) first,
+# then the manifest stage's series-, patient- and split-level ones. skipped.csv uses these exact strings.
 REASONS: dict[str, str] = {
-    "not_dicom": "not a DICOM file (no DICM prefix and no recognisable dataset)",
-    "unreadable": "DICOM that pydicom cannot parse, or an OS error while reading",
-    "truncated": "file shorter than its header or Pixel Data says (interrupted download)",
-    "projection_data": "raw projection data (DICOM-CT-PD private tags), not a reconstructed image",
-    "not_ct": "not a CT image (Modality or SOPClassUID is something else)",
-    "multiframe": "multi-frame (Enhanced / Legacy Converted Enhanced CT) instance: one slice per file expected",
-    "localizer": "localizer / scout / topogram (ImageType)",
-    "no_pixel_data": "a CT header without Pixel Data",
-    "missing_geometry": "ImagePositionPatient / ImageOrientationPatient / Rows / Columns missing or invalid",
+    **FILE_REASONS,
     "duplicate_sop_uid": "SOPInstanceUID already seen in another file (the first path in sort order is kept)",
     "unknown_dose": "SeriesDescription matches neither the low-dose nor the full-dose pattern",
     "unknown_body_part": "no TCIA prefix (C/L/N), no recognised BodyPartExamined, no --default-body-part",
@@ -58,12 +51,6 @@ REASONS: dict[str, str] = {
 }
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
-MULTIFRAME_CT = {
-    ENHANCED_CT_IMAGE_STORAGE: "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
-}
-
-# (group, element) of the elements read; everything else is skipped by pydicom without being stored.
 _T_IMAGE_TYPE = 0x00080008
 _T_SOP_CLASS = 0x00080016
 _T_SOP_UID = 0x00080018
@@ -91,18 +78,17 @@ _T_COLS = 0x00280011
 _T_SPACING = 0x00280030
 _T_BITS = 0x00280100
 _T_CHARSET = 0x00080005
+_T_PHOTOMETRIC = 0x00280004
 # DICOM-CT-PD (Chen et al., Med Phys 2015; the TCIA LDCT projection format): NumberofDetectorRows,
 # NumberofDetectorColumns, DetectorFocalCenterAngularPosition, NumberofSourceAngularSteps.
-_PROJECTION_TAGS = (0x70291010, 0x70291011, 0x70311001, 0x70331013)
-_PROJECTION_SET = frozenset(_PROJECTION_TAGS)
+_PROJECTION_SET = frozenset(PROJECTION_TAGS)
 _TAGS = [
     _T_IMAGE_TYPE, _T_SOP_CLASS, _T_SOP_UID, _T_MODALITY, _T_MANUFACTURER, _T_SERIES_DESC, _T_PATIENT_ID,
     _T_BODY_PART, _T_THICKNESS, _T_KVP, _T_KERNEL, _T_TUBE_CURRENT, _T_EXPOSURE, _T_CTDIVOL, _T_STUDY_UID,
     _T_SERIES_UID, _T_INSTANCE, _T_IPP, _T_IOP, _T_FOR_UID, _T_SAMPLES, _T_FRAMES, _T_ROWS, _T_COLS,
-    _T_SPACING, _T_BITS, *_PROJECTION_TAGS,
+    _T_SPACING, _T_BITS, _T_PHOTOMETRIC, *PROJECTION_TAGS,
 ]  # fmt: skip
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
-_LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM", "SURVIEW")
 
 
 class SliceHeader(NamedTuple):
@@ -325,44 +311,43 @@ def _read_header(root: str, rel: str) -> SliceHeader:
         description = _text(vals, _T_SERIES_DESC, enc)
         if pixel_tag is None and not modality:
             raise _Reject("truncated", "header ends before Modality and Pixel Data")
-        if not _PROJECTION_SET.isdisjoint(vals):
-            raise _Reject("projection_data", f"DICOM-CT-PD private tags present ({description!r})")
-        if sop_class in MULTIFRAME_CT:
-            raise _Reject("multiframe", f"SOPClassUID is {MULTIFRAME_CT[sop_class]}")
-        if modality != "CT" or (sop_class and sop_class != CT_IMAGE_STORAGE):
-            raise _Reject("not_ct", f"Modality {modality or '(none)'}, SOPClassUID {sop_class or '(none)'}")
-        frames = _number(vals, _T_FRAMES)
-        if frames is not None and frames > 1:
-            raise _Reject("multiframe", f"NumberOfFrames is {int(frames)}")
-        image_type = _text(vals, _T_IMAGE_TYPE, "ascii").upper()
-        if any(w in image_type for w in _LOCALIZER_WORDS):
-            raise _Reject("localizer", f"ImageType {image_type}")
-
         rows = _ushort(vals, _T_ROWS, little)
         cols = _ushort(vals, _T_COLS, little)
-        if pixel_tag is None:
-            raise _Reject("no_pixel_data", "no Pixel Data element after the header")
-        if not deflated:
-            _check_pixel_length(vals, f, pixel_at, pixel_head, size, rows, cols, little, implicit)
-
         ipp = _numbers(vals, _T_IPP)
         iop = _numbers(vals, _T_IOP)
-        if not rows or not cols:
-            raise _Reject("missing_geometry", f"Rows x Columns is {rows} x {cols}")
-        if ipp is None or len(ipp) != 3:
-            raise _Reject("missing_geometry", "ImagePositionPatient missing or not 3 numbers")
-        if iop is None or len(iop) != 6:
-            raise _Reject("missing_geometry", "ImageOrientationPatient missing or not 6 numbers")
+        meta = getattr(ds, "file_meta", None)
+        facts = SliceFacts(
+            sop_class=sop_class,
+            modality=modality,
+            image_type=_text(vals, _T_IMAGE_TYPE, "ascii").upper(),
+            description=description,
+            frames=_number(vals, _T_FRAMES),
+            projection_tags=not _PROJECTION_SET.isdisjoint(vals),
+            has_pixel_data=pixel_tag is not None,
+            samples=_ushort(vals, _T_SAMPLES, little),
+            bits_allocated=_ushort(vals, _T_BITS, little),
+            photometric=_text(vals, _T_PHOTOMETRIC, "ascii").upper(),
+            transfer_syntax=str(meta.get("TransferSyntaxUID", "") or "") or None if meta is not None else None,
+            rows=rows,
+            cols=cols,
+            ipp=ipp,
+            iop=iop,
+            has_uids=_T_SOP_UID in vals and _T_SERIES_UID in vals,
+        )
+        rejected = check_image(facts)
+        if rejected:
+            raise _Reject(*rejected)
+        if not deflated:
+            _check_pixel_length(vals, f, pixel_at, pixel_head, size, rows, cols, little, implicit)
+        rejected = check_geometry(facts)
+        if rejected:
+            raise _Reject(*rejected)
         z = z_along_normal(ipp, iop)
-        if z is None:
-            raise _Reject("missing_geometry", f"ImageOrientationPatient row and column are parallel ({iop})")
 
         spacing = _numbers(vals, _T_SPACING)
         sop_uid = _text(vals, _T_SOP_UID, "ascii")
         series_uid = _text(vals, _T_SERIES_UID, "ascii")
         study_uid = _text(vals, _T_STUDY_UID, "ascii")
-        if _T_SOP_UID not in vals or _T_SERIES_UID not in vals:
-            raise _Reject("missing_geometry", "SOPInstanceUID or SeriesInstanceUID missing")
         if not sop_uid or not series_uid or (_T_STUDY_UID in vals and not study_uid):
             # present but empty (anonymised): deterministic UIDs, the same as dicom.reader mints for denoise
             from ldct_monai.dicom.create import make_uid
