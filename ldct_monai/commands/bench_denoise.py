@@ -101,7 +101,7 @@ def write_bench_series(out_dir: Path, n: int, size: int, seed: int = 0) -> None:
     """A synthetic CT series written one slice at a time (a water cylinder with bone, noise, -3024 HU padding)."""
     import numpy as np
 
-    from ldct_monai.dicom.create import SeriesInfo, make_ct_slice, make_uid
+    from ldct_monai.dicom.create import SeriesInfo, make_ct_slice, make_uid, write_dataset
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -116,7 +116,7 @@ def write_bench_series(out_dir: Path, n: int, size: int, seed: int = 0) -> None:
         hu = base + rng.normal(0, 25, base.shape)
         hu[r > 0.98] = -3024.0  # outside the field of view
         ds = make_ct_slice(hu, info, instance_number=i + 1, position=(-(size - 1) * 0.35, -(size - 1) * 0.35, float(i)), signed=True)
-        ds.save_as(out_dir / f"{i + 1:04d}.dcm", enforce_file_format=True)
+        write_dataset(ds, out_dir / f"{i + 1:04d}.dcm")
 
 
 def conv_flops(net, shape: tuple[int, ...]) -> float:

@@ -15,19 +15,12 @@ import typer
 SLICES_PER_SERIES = 50  # TCIA-like: many small series, two per patient
 
 
-def floor_chunk(root: str, rels: Sequence[str]) -> int:
-    """The floor: a bare ``pydicom.dcmread(stop_before_pixels=True)`` loop (no checks, nothing kept)."""
-    import pydicom
-
-    for rel in rels:
-        pydicom.dcmread(os.path.join(root, rel), stop_before_pixels=True)
-    return len(rels)
-
-
 def floor_chunk_cpu(root: str, rels: Sequence[str]) -> list[float]:
-    """CPU seconds of :func:`floor_chunk` in the worker (insensitive to other jobs on the machine)."""
+    """CPU seconds of :func:`ldct_monai.dicom.scan.read_chunk_floor` in the worker (insensitive to other jobs on the machine)."""
+    from ldct_monai.dicom.scan import read_chunk_floor
+
     t = time.process_time()
-    floor_chunk(root, rels)
+    read_chunk_floor(root, rels)
     return [time.process_time() - t]
 
 
@@ -109,7 +102,7 @@ def bench_manifest(
     from ldct_monai.errors import InputError
     from ldct_monai.manifest_builder import ManifestConfig, build_manifest
     from ldct_monai.progress import console
-    from ldct_monai.dicom.scan import default_workers, list_files, map_files, scan_tree
+    from ldct_monai.dicom.scan import default_workers, list_files, map_files, read_chunk_floor, scan_tree
 
     if files < 1 or size < 1 or repeats < 1:
         raise InputError(f"--files, --size and --repeats must be positive, found {files}, {size}, {repeats}.")
@@ -124,7 +117,7 @@ def bench_manifest(
 
     def run_floor() -> float:
         t = time.perf_counter()
-        done = sum(map_files(floor_chunk, str(root), rels, workers))
+        done = sum(map_files(read_chunk_floor, str(root), rels, workers))
         dt = time.perf_counter() - t
         if done != n:
             raise InputError(f"floor read {done} of {n} files.")

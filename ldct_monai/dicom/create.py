@@ -225,10 +225,14 @@ def write_ct_series(
             sop_uid=None if sop_uids is None else sop_uids[i],
             signed=signed,
         )
-        path = out_dir / file_pattern.format(i + 1)
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
+        paths.append(write_dataset(ds, out_dir / file_pattern.format(i + 1)))
     return paths
+
+
+def write_dataset(ds: Dataset, path: Path) -> Path:
+    """Write a dataset with its file meta as a DICOM Part 10 file (the package's one ``save_as``)."""
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def _ds(value: float) -> str:

@@ -26,7 +26,7 @@ from pydicom.valuerep import PersonName
 
 from ldct_monai import __version__
 from ldct_monai.dicom.core import CT_IMAGE_STORAGE, rescale
-from ldct_monai.dicom.create import ct_file_meta, make_uid
+from ldct_monai.dicom.create import ct_file_meta, make_uid, write_dataset
 from ldct_monai.errors import InputError
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ _ALWAYS_LOSSY = frozenset(
 
 
 _IMMUTABLE = (str, int, float, bytes, type(None), PersonName)
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}  # native transfer syntaxes
 
 
 @dataclass(frozen=True)
@@ -291,12 +292,6 @@ def derive_slice(source: Dataset, stored: np.ndarray, series: DerivedSeries, *, 
     return ds
 
 
-def write_dataset(ds: Dataset, path: Path) -> Path:
-    """Write a dataset made by :func:`derive_slice` as a DICOM Part 10 file (Explicit VR LE)."""
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def write_denoised_slice(source: CTSlice, hu: np.ndarray, series: DerivedSeries, path: Path, keep_above_hu: float | None = None) -> Path:
     """Pack denoised HU into the source's representation and write the derived instance.
 
@@ -326,6 +321,52 @@ def write_denoised_slice_from_file(ref: SliceRef, index: int, rows: int, columns
     from ldct_monai.dicom.reader import decode_slice
 
     return write_denoised_slice(decode_slice(ref, index, rows, columns), hu, series, path, keep_above_hu)
+
+
+def derive_twin_slice(source: Dataset, stored: np.ndarray, *, sop_instance_uid: str, series_instance_uid: str,
+                      series_description: str, derivation_description: str, dose_fraction: float) -> Dataset:
+    """A simulated lower-dose twin of one source slice (``synth --from-series``): a copy that a scanner could have written.
+
+    Unlike :func:`derive_slice` (a denoised image of the source's study), the twin keeps every element of the
+    source, private ones included, as a scanner's low-dose series would; it gets new pixels and identity, is
+    marked DERIVED\\SECONDARY with its DerivationDescription, references its source slice, and has its dose tags
+    (XRayTubeCurrent, Exposure, CTDIvol) scaled by the dose fraction. Compressed sources become Explicit VR
+    Little Endian.
+
+    Args:
+        source: the full-dose slice (with file meta).
+        stored: the twin's stored values (rows, cols), in the source's representation.
+        sop_instance_uid, series_instance_uid: the twin's UIDs.
+        series_description: SeriesDescription (e.g. "Low Dose Images", what build-manifest recognises).
+        derivation_description: how the pixels were made.
+        dose_fraction: the simulated dose as a fraction of the source's.
+    """
+    new = copy.deepcopy(source)
+    new.SOPInstanceUID = sop_instance_uid
+    new.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    if str(new.file_meta.TransferSyntaxUID) not in _UNCOMPRESSED:
+        new.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    new.SeriesInstanceUID = series_instance_uid
+    new.SeriesDescription = series_description
+    if "SeriesNumber" in source and source.SeriesNumber is not None:
+        new.SeriesNumber = min(int(source.SeriesNumber) + SERIES_NUMBER_OFFSET, 2**31 - 1)
+    image_type = list(getattr(source, "ImageType", []) or [])
+    new.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    new.DerivationDescription = derivation_description[:1024]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    new.SourceImageSequence = Sequence([ref])
+    for key in ("XRayTubeCurrent", "Exposure"):
+        if getattr(source, key, None) not in (None, ""):
+            setattr(new, key, int(round(float(getattr(source, key)) * dose_fraction)))
+    if getattr(source, "CTDIvol", None) not in (None, ""):
+        new.CTDIvol = float(source.CTDIvol) * dose_fraction
+    for key in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if key in new:
+            del new[key]
+    new.PixelData = stored.tobytes()
+    return new
 
 
 def _source_was_lossy(source: Dataset) -> bool:

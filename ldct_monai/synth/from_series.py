@@ -13,7 +13,6 @@ source images. Memory is bounded: slices are read, simulated and written :data:`
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -29,7 +28,6 @@ from ldct_monai.schema import BodyPart, parse_body_part
 
 log = logging.getLogger(__name__)
 
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
 CALIBRATION_SLICES = 12  # at most this many slices (spread over the series) calibrate texture and level ...
@@ -339,9 +337,8 @@ def _soft_tissue(hu: np.ndarray) -> np.ndarray:
 def _write_low_dose_slice(sl, noise: np.ndarray, folder: Path, *, seed: int, fraction: float, kernel: str,
                           series_uid: str, make_uid, texture: str, info) -> None:
     """Write one derived low-dose slice: the source's pixels plus ``noise`` (HU), padding untouched."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian
+    from ldct_monai.dicom.create import write_dataset
+    from ldct_monai.dicom.writer import derive_twin_slice
 
     ds, stored, pad = sl.dataset, sl.stored, sl.padding
     hu = sl.hu.astype(np.float32)
@@ -349,7 +346,6 @@ def _write_low_dose_slice(sl, noise: np.ndarray, folder: Path, *, seed: int, fra
     ld = hu + np.where(pm, 0.0, noise)
     # never below the darkest real pixel or -1024 HU, so noise cannot turn air into padding
     floor_hu = min(float(hu[~pm].min()) if (~pm).any() else -1024.0, -1024.0)
-    new = copy.deepcopy(ds)
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     signed = int(ds.PixelRepresentation) == 1
@@ -360,36 +356,17 @@ def _write_low_dose_slice(sl, noise: np.ndarray, folder: Path, *, seed: int, fra
     if pad_value is not None:  # a real pixel must not turn into padding
         values = np.where(values == int(pad_value), int(pad_value) + (1 if int(pad_value) < hi else -1), values)
     values = np.where(pm, stored, values).astype(np.int16 if signed else np.uint16)
-    sop_uid = make_uid(seed, str(ds.SOPInstanceUID), "low-dose", fraction, kernel)
-    new.SOPInstanceUID = sop_uid
-    new.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    if str(new.file_meta.TransferSyntaxUID) not in _UNCOMPRESSED:
-        new.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    new.SeriesInstanceUID = series_uid
-    new.SeriesDescription = "Low Dose Images"
-    if "SeriesNumber" in ds and ds.SeriesNumber is not None:
-        new.SeriesNumber = min(int(ds.SeriesNumber) + 1000, 2**31 - 1)
-    image_type = list(getattr(ds, "ImageType", []) or [])
-    new.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
     ir = f", {info.iterative} source" if info.iterative else ""
-    new.DerivationDescription = (
-        f"Simulated {fraction:g} dose fraction by projection-domain noise insertion (Yu et al. 2012, "
-        f"ldct-monai, noise texture {texture}{ir})"
-    )[:1024]
-    ref = Dataset()
-    ref.ReferencedSOPClassUID = ds.SOPClassUID
-    ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-    new.SourceImageSequence = Sequence([ref])
-    for key in ("XRayTubeCurrent", "Exposure"):
-        if getattr(ds, key, None) not in (None, ""):
-            setattr(new, key, int(round(float(getattr(ds, key)) * fraction)))
-    if getattr(ds, "CTDIvol", None) not in (None, ""):
-        new.CTDIvol = float(ds.CTDIvol) * fraction
-    for key in ("SmallestImagePixelValue", "LargestImagePixelValue"):
-        if key in new:
-            del new[key]
-    new.PixelData = values.tobytes()
-    new.save_as(folder / Path(ds.filename).name, enforce_file_format=True)
+    new = derive_twin_slice(
+        ds, values,
+        sop_instance_uid=make_uid(seed, str(ds.SOPInstanceUID), "low-dose", fraction, kernel),
+        series_instance_uid=series_uid,
+        series_description="Low Dose Images",
+        derivation_description=(f"Simulated {fraction:g} dose fraction by projection-domain noise insertion "
+                                f"(Yu et al. 2012, ldct-monai, noise texture {texture}{ir})"),
+        dose_fraction=fraction,
+    )
+    write_dataset(new, folder / Path(ds.filename).name)
 
 
 def _body_part(ds, option: str | None, series_dir: Path) -> BodyPart:

@@ -169,8 +169,8 @@ def _write_full_dose(series, folder: Path, patient_id: str, code: str, indices: 
 
     SOP Instance UIDs are kept; a slab gets Study / Series Instance UIDs of its own, derived from the source's.
     """
+    from ldct_monai.dicom.create import make_uid, write_dataset
     from ldct_monai.schema import BODY_PART_EXAMINED
-    from ldct_monai.dicom.create import make_uid
 
     folder.mkdir(parents=True)
     for n, i in enumerate(indices):
@@ -182,4 +182,4 @@ def _write_full_dose(series, folder: Path, patient_id: str, code: str, indices: 
         if slab is not None:
             ds.SeriesInstanceUID = make_uid("slab", series.series_instance_uid, slab)
             ds.StudyInstanceUID = make_uid("slab-study", str(ds.StudyInstanceUID), slab)
-        ds.save_as(folder / f"1-{n + 1:03d}.dcm", enforce_file_format=True)
+        write_dataset(ds, folder / f"1-{n + 1:03d}.dcm")

@@ -358,7 +358,7 @@ def _write_patient(root: Path, patient: dict, config: SynthConfig):
     import torch
     import torch.nn.functional as F
 
-    from ldct_monai.dicom.create import SeriesInfo, make_ct_slice, make_uid
+    from ldct_monai.dicom.create import SeriesInfo, make_ct_slice, make_uid, write_dataset
     from ldct_monai.synth.noise import PROTOCOLS
     from ldct_monai.synth.phantom import make_phantom
     from ldct_monai.synth.projector import KERNEL_DICOM_NAME
@@ -469,7 +469,7 @@ def _write_patient(root: Path, patient: dict, config: SynthConfig):
                 ds.XRayTubeCurrent = int(round(info.tube_current_ma * f))
                 ds.Exposure = int(round(info.exposure_mas * f))
                 ds.CTDIvol = round(info.ctdi_vol * f, 4)
-                ds.save_as(series_dirs[dose] / f"1-{k + 1:03d}.dcm", enforce_file_format=True)
+                write_dataset(ds, series_dirs[dose] / f"1-{k + 1:03d}.dcm")
                 written += 1
         # noise figures in soft tissue of the noise-free phantom, eroded so edges do not count
         soft = ((hu > 0) & (hu < 100)).float()[:, None]
