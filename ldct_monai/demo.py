@@ -86,7 +86,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), overwrite: bool = Fal
     Raises:
         OutputExistsError: ``out`` exists, is not empty, and ``overwrite`` is False.
     """
-    from ldct_monai.commands.denoise import denoise_series
+    from ldct_monai.denoise import denoise_series
     from ldct_monai.engine import train
     from ldct_monai.evaluate import EvalConfig, evaluate
     from ldct_monai.manifest import load_split

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import dciodvfy_errors, requires_dciodvfy, write_series
 from ldct_monai.cli import app
-from ldct_monai.commands.denoise import denoise_series
+from ldct_monai.denoise import denoise_series
 from ldct_monai.config import HUWindow
 from ldct_monai.dicom.create import SeriesInfo, make_uid, write_ct_series
 from ldct_monai.dicom.writer import DerivedSeries, derive_slice, hu_to_source_stored

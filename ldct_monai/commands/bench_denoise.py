@@ -180,7 +180,7 @@ def run_throughput(tmp: Path, *, slices: int, size: int, ngf: int, n_blocks: int
 
     import numpy as np
 
-    from ldct_monai.commands.denoise import denoise_series
+    from ldct_monai.denoise import denoise_series
     from ldct_monai.config import HUWindow
     from ldct_monai.dicom.reader import read_series
     from ldct_monai.inference import Denoiser
@@ -282,7 +282,7 @@ def _probe(args: dict) -> dict:
     import torch
 
     from ldct_monai.bundle import METADATA
-    from ldct_monai.commands.denoise import denoise_series
+    from ldct_monai.denoise import denoise_series
     from ldct_monai.config import HUWindow
     from ldct_monai.modelio import export_model
     from ldct_monai.networks import ResNetGenerator
