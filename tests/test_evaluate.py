@@ -375,3 +375,17 @@ def test_val_pairs_tune_each_baseline_and_seconds_are_reported(workspace, tmp_pa
     con = Console(record=True, width=100)
     con.print(summary_table(s))
     assert "s/slice" in con.export_text()
+
+
+def test_reference_model_is_scored_beside_the_model(workspace, tmp_path):
+    """--reference: a second model on the same slices; here the model is the identity and the reference the
+    shipped denoiser, so the reference row differs from the input row and the model row does not."""
+    tmp, man, _ = workspace
+    cfg = EvalConfig(device="cpu", n_figures=0, baselines=(), max_slices=3, reference="builtin")
+    s = evaluate(man, tmp / "run", tmp_path / "r", cfg, progress=False)
+    assert s["methods"] == ["low_dose", "model", "reference"]
+    assert s["reference_model"]["name"] and s["method_labels"]["reference"].endswith("(reference)")
+    res = s["results"]["all"]
+    assert res["model"]["psnr_full"]["gain_mean"] == pytest.approx(0.0, abs=1e-3)
+    assert abs(res["reference"]["psnr_full"]["gain_mean"]) > 0.01 and res["reference"]["seconds_per_slice"] > 0
+    assert "(reference)" in (tmp_path / "r" / "summary.md").read_text()
