@@ -269,6 +269,7 @@ def _read_bundle(files: BundleFiles) -> tuple[LoadedModel, bytes]:
     if not isinstance(meta, dict):
         raise InputError(f"{meta_label}: expected a JSON object, found {type(meta).__name__}.")
     configs.validate_metadata(meta, meta_label)
+    trust.check_config(meta, meta_label)  # MONAI merges it into the config as _meta_: "@_meta_::x" would evaluate it
     card = meta.get(CARD_KEY)
     if not isinstance(card, dict):
         raise InputError(f"{meta_label}: no {CARD_KEY!r} model card in it: a MONAI bundle ldct-monai did not write "

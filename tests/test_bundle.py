@@ -249,6 +249,14 @@ def test_config_naming_foreign_code_is_refused(bundle, tmp_path, entry, names):
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
 
 
+def test_metadata_expressions_are_refused_too(bundle, tmp_path):
+    """MONAI merges metadata.json into the config as _meta_, so "@_meta_::x" would evaluate what it holds."""
+    b = _copy(bundle, tmp_path)
+    _edit_json(b / METADATA, lambda m: m.update(data_source="$__import__('os').system('touch PWNED')"))
+    with pytest.raises(InputError, match=r"metadata.json: refused: .*data_source: expression"):
+        load_model(b)
+
+
 def test_network_def_must_be_our_generator_with_literal_arguments(bundle, tmp_path):
     b = _copy(bundle, tmp_path)
     for edit, match in [

@@ -6,7 +6,8 @@ therefore:
 
 1. evaluates nothing of a bundle's ``inference.json`` except ``network_def``, which must be our
    ``ResNetGenerator`` with literal arguments (:func:`check_network_def`);
-2. refuses the whole bundle when any part of the config names code outside ``ldct_monai``, ``monai``
+2. refuses the whole bundle when any part of its configs (``inference.json``, and ``metadata.json``,
+   which MONAI merges in as ``_meta_``) names code outside ``ldct_monai``, ``monai``
    and ``torch`` (:func:`check_config`): a ``_target_`` of another package, an expression that uses a
    name other than those packages, config references and a few pure builtins, an ``import`` of another
    package, a private attribute (``__class__``, ``_C``), an entry point that fetches or loads foreign
@@ -14,7 +15,8 @@ therefore:
    (``weights_only=False``, ``allow_pickle=True``), ``_mode_: debug``, or a ``%`` macro that pulls in
    another file.
 
-The check reads the JSON text only: it imports and evaluates nothing. It is a filter on what a bundle
+The check evaluates nothing from the config: it parses expressions with :mod:`ast` and looks a bare
+``_target_`` name up among MONAI's components without calling it. It is a filter on what a bundle
 we accept may name, not a sandbox for ``python -m monai.bundle run``, which executes the workflow's
 expressions as MONAI always does.
 """
