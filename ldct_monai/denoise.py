@@ -103,7 +103,7 @@ def denoise_series(
         derivation = (
             f"Denoised by ldct-monai {__version__} with model '{model.name}' "
             f"(card sha256 {model.card_hash}, step {card.get('step')}, manifest {card.get('manifest_hash')}): "
-            f"low-dose to full-dose CycleGAN ResNet generator, HU window [{window.low:g}, {window.high:g}], "
+            f"low-dose to full-dose ResNet generator, HU window [{window.low:g}, {window.high:g}], "
             f"{precision}, {denoiser.mode}. Pixels outside the field of view and above {window.high:g} HU keep "
             "their source values."
         )
@@ -119,6 +119,11 @@ def denoise_series(
         )
     t_model = time.perf_counter()
     first = series.header(0)  # minted UIDs set, unreadable vendor elements dropped (as the slices are read)
+    outside: list[str] = []
+    if model is not None:  # a kernel, pixel size or thickness the model never saw: say so (ldct_monai.domain)
+        from ldct_monai.domain import warn_if_outside
+
+        outside = warn_if_outside(card.get("training_domain"), first, str(series_dir), model.name)
     derived = DerivedSeries.for_source(first, what=f"denoised {label}", derivation_description=derivation, model_name=label)
     width = max(4, len(str(len(series))))
     names = [f"IM-{i + 1:0{width}d}.dcm" for i in range(len(series))]
@@ -181,6 +186,7 @@ def denoise_series(
         "mode": denoiser.mode,
         "workers": n_workers,
         "skipped_files": len(series.skipped),
+        "outside_training_domain": outside,
         "timings": {
             "scan_s": round(t_scan - t0, 4),
             "load_model_s": round(t_model - t_scan, 4),

@@ -853,6 +853,11 @@ def train(config: TrainConfig) -> Path:
                 extra = {"validation": best["val"], "selection": selection}
             if init_state is not None:
                 extra = {**(extra or {}), "initialised_from": init_state[1]}
+            from ldct_monai.domain import training_domain
+
+            domain = training_domain(Path(config.manifest))
+            if domain:  # kernels, pixel sizes, thicknesses trained on: denoise warns outside them
+                extra = {**(extra or {}), "training_domain": domain}
             if supervised:
                 extra = {**(extra or {}), "task": "low-dose CT -> full-dose CT (residual ResNet generator, supervised "
                                                   f"on paired patches, {config.supervised_loss} loss)"}
