@@ -1,4 +1,4 @@
-"""model_select = "val-noise": the exported generator is the validation step whose G(LD) noise is nearest FD's."""
+"""model_select: "val-noise" exports the validation step whose G(LD) noise is nearest FD's, "val-pairs" the best paired gain."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from train_fixtures import TINY as BASE_TINY
 from train_fixtures import make_manifest, one_thread  # noqa: F401 (fixture)
 
 from ldct_monai.checkpoint import list_checkpoints, load_checkpoint
-from ldct_monai.engine import _select_by_val_noise, train
+from ldct_monai.engine import _select_best, train
 from ldct_monai.errors import InputError
 from ldct_monai.modelio import load_model
 from ldct_monai.train_config import TrainConfig
@@ -22,18 +22,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_selection_rule_hand_computed():
     g = torch.nn.Conv2d(1, 1, 1)
-    best = _select_by_val_noise({}, 0, {"noise_g_ld": 50.0, "noise_fd": 30.0}, g)
+    best = _select_best({}, 0, {"noise_g_ld": 50.0, "noise_fd": 30.0}, g, "val-noise")
     assert best["step"] == 0 and best["score"] == pytest.approx(20.0)
     with torch.no_grad():
         g.weight.fill_(7.0)
-    best = _select_by_val_noise(best, 50, {"noise_g_ld": 35.0, "noise_fd": 30.0}, g)  # |35 - 30| = 5 < 20
+    best = _select_best(best, 50, {"noise_g_ld": 35.0, "noise_fd": 30.0}, g, "val-noise")  # |35 - 30| = 5 < 20
     assert best["step"] == 50 and best["score"] == pytest.approx(5.0)
     with torch.no_grad():
         g.weight.fill_(-1.0)  # the kept state is a copy, not a view of the live weights
     assert float(best["state"]["weight"].flatten()[0]) == 7.0
-    assert _select_by_val_noise(best, 100, {"noise_g_ld": 20.0, "noise_fd": 30.0}, g)["step"] == 50  # over-smoothed: 10
-    assert _select_by_val_noise(best, 150, {"noise_g_ld": 25.0, "noise_fd": 30.0}, g)["step"] == 50  # tie keeps the earlier
-    assert _select_by_val_noise(best, 200, {"noise_g_ld": math.nan, "noise_fd": 30.0}, g)["step"] == 50
+    assert _select_best(best, 100, {"noise_g_ld": 20.0, "noise_fd": 30.0}, g, "val-noise")["step"] == 50  # over-smoothed: 10
+    assert _select_best(best, 150, {"noise_g_ld": 25.0, "noise_fd": 30.0}, g, "val-noise")["step"] == 50  # tie keeps the earlier
+    assert _select_best(best, 200, {"noise_g_ld": math.nan, "noise_fd": 30.0}, g, "val-noise")["step"] == 50
+    # val-pairs: the highest paired gain wins (score = -gain), ties keep the earlier step
+    best = _select_best({}, 0, {"gain_db": 3.0}, g, "val-pairs")
+    assert best["score"] == pytest.approx(-3.0)
+    assert _select_best(best, 50, {"gain_db": 2.0}, g, "val-pairs")["step"] == 0
+    assert _select_best(best, 50, {"gain_db": 3.0}, g, "val-pairs")["step"] == 0
+    assert _select_best(best, 50, {"gain_db": 3.5}, g, "val-pairs")["step"] == 50
 
 
 def test_val_noise_export_is_the_best_validation_step(tmp_path):
