@@ -113,7 +113,7 @@ def detrended_rois(image: np.ndarray, corners: list[tuple[int, int]]) -> np.ndar
 def roi_variance(rois: np.ndarray) -> np.ndarray:
     """Variance of each detrended ROI, corrected for the 6 fitted parameters."""
     n = ROI_PX * ROI_PX
-    return (rois**2).reshape(len(rois), -1).sum(1) / (n - _BASIS.shape[1])
+    return (rois**2).reshape(len(rois), n).sum(1) / (n - _BASIS.shape[1])  # n, not -1: no ROIs gives an empty array
 
 
 def radial_nps(rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
