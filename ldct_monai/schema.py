@@ -114,7 +114,7 @@ def body_part_name(value: object) -> str:
 
 # Precisions of training and inference (autocast dtype; fp16 adds a GradScaler when training).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-DICOM_OUTPUT_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # denoise: fp16's 5 exponent bits are not offered
+DICOM_OUTPUT_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # denoise and bench denoise (fp16 is not offered there)
 
 # ---------------------------------------------------------------------------------------------------
 # Manifest files and columns (docs/manifest.md)
