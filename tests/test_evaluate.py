@@ -19,7 +19,8 @@ from ldct_monai.config import DEFAULT_HU_WINDOW
 from ldct_monai.dicom.create import SeriesInfo, make_uid, write_ct_series
 from ldct_monai.dicom.reader import read_hu
 from ldct_monai.errors import InputError, OutputExistsError
-from ldct_monai.evaluate import EvalConfig, evaluate, summary_markdown, summary_table
+from ldct_monai.evaluate import EvalConfig, evaluate
+from ldct_monai.report import summary_markdown, summary_table
 from ldct_monai.metrics import METRIC_COLUMNS, slice_metrics
 from ldct_monai.modelio import export_model
 from ldct_monai.networks import ResNetGenerator
@@ -295,6 +296,9 @@ def test_summary_table_and_markdown_from_summary(workspace):
     assert "low-dose input" in text and "LDCTBench" in text and "head" in text
     psnr = summary["results"]["all"]["low_dose"]["psnr_full"]["mean"]
     assert f"{psnr:.2f}" in text and f"{psnr:.2f}" in summary_markdown(summary)
+    # reporting needs only what evaluate wrote: summary.md re-renders from summary.json
+    tmp = workspace[0]
+    assert summary_markdown(json.loads((tmp / "report" / "summary.json").read_text())) == (tmp / "report" / "summary.md").read_text()
 
 
 def test_noise_matching_hits_the_target():

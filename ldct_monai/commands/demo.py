@@ -42,7 +42,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on synthetic data: synth, build-manifest, train, evaluate, denoise."""
     from ldct_monai.demo import DemoConfig, run_demo
-    from ldct_monai.evaluate import print_summary
+    from ldct_monai.report import print_summary
 
     if quick:
         cfg = replace(DemoConfig.make_quick(seed=seed), device=device)

@@ -38,7 +38,8 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty report folder."),
 ) -> None:
     """Paired test metrics (PSNR, SSIM, RMSE under two conventions), baselines and figures for a model."""
-    from ldct_monai.evaluate import EvalConfig, evaluate as run_evaluate, print_summary
+    from ldct_monai.evaluate import EvalConfig, evaluate as run_evaluate
+    from ldct_monai.report import print_summary
     from ldct_monai.progress import console
     from ldct_monai.runtime import PRECISIONS
 
