@@ -27,9 +27,9 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,8 +39,11 @@ from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
 from ldct_monai.io_utils import atomic_write_text, check_output_dir
 from ldct_monai.networks import ResNetGenerator, make_discriminator
 from ldct_monai.runtime import autocast, package_versions, resolve_device
-from ldct_monai.schema import BODY_PARTS, BodyPart
+from ldct_monai.schema import BODY_PARTS, SPLIT_FILES, BodyPart, Dose
 from ldct_monai.train_config import RESUMABLE_CHANGES, TrainConfig, config_diff
+
+if TYPE_CHECKING:
+    from ldct_monai.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -674,20 +677,205 @@ def _save_config(config: TrainConfig) -> None:
     atomic_write_text(Path(config.out) / "config.json", json.dumps(state, indent=2) + "\n")
 
 
+def _all_gather(obj: Any, world: int) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` without DDP)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _prepare(config: TrainConfig, rank: int, world: int) -> TrainConfig:
+    """Rank 0 checks/creates RUN_DIR (and writes config.json for a new run); every rank learns whether it worked.
+
+    Raises:
+        InputError, OutputExistsError: as :func:`_prepare_run_dir`; on the other ranks, an InputError naming
+            rank 0's problem (they would otherwise wait at the next collective for ever).
+    """
+    problem: BaseException | None = None
+    if rank == 0:
+        try:
+            config = _prepare_run_dir(config)
+            if not config.resume:
+                _save_config(config)
+        except BaseException as err:  # re-raised below, after telling the other ranks (no hang at a barrier)
+            problem = err
+    if world > 1:
+        import torch.distributed as dist
+
+        shared = [str(problem) if problem is not None else None]
+        dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None and problem is None:
+            raise InputError(f"rank 0 could not prepare {Path(config.out)}: {shared[0]}")
+    if problem is not None:
+        raise problem
+    return config
+
+
+@dataclass(frozen=True)
+class Run:
+    """What resume, checkpointing, validation and export need to know about a run of this process.
+
+    ``total`` is the schedule length in optimizer steps (the lr reaches 0 there), ``stop`` the step this
+    session stops at (``max_steps``), ``manifest_hash`` the hash of the manifest's split files.
+    """
+
+    config: TrainConfig
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    steps_per_epoch: int
+    manifest_hash: str
+    total: int
+    stop: int
+
+
+def resume_run(run: Run, model: CycleGAN | Supervised) -> tuple[int, dict[str, Any]]:
+    """Load the newest loadable checkpoint of ``run.run_dir`` into ``model`` and this rank's RNGs.
+
+    Returns:
+        The step to continue from and the best-model record of ``model_select`` (empty for ``last``).
+
+    Raises:
+        InputError: no checkpoint, or the manifest changed since it was written (steps per epoch or hash).
+    """
+    path, state = load_latest(run.run_dir, map_location="cpu")
+    if state.get("steps_per_epoch") != run.steps_per_epoch or state.get("manifest_hash") != run.manifest_hash:
+        raise InputError(f"{path}: the manifest changed since this checkpoint (steps/epoch "
+                         f"{state.get('steps_per_epoch')} -> {run.steps_per_epoch}, hash {state.get('manifest_hash')} "
+                         f"-> {run.manifest_hash}).")
+    model.load_state_dict(state)
+    set_rng_state(state["rng"][run.rank] if run.rank < len(state["rng"]) else state["rng"][0])
+    step = int(state["step"])
+    if run.rank == 0:
+        log.info("Resuming %s from %s (step %d of %d).", run.run_dir, path.name, step, run.stop)
+    return step, dict(state.get("best_model") or {})
+
+
+def write_checkpoint(run: Run, model: CycleGAN | Supervised, step: int, best: dict[str, Any]) -> None:
+    """Write ``RUN_DIR/checkpoints/step_<step>.pt`` (rank 0) with every rank's RNG state; keep the last K.
+
+    Every rank must call it (the RNG states are gathered).
+    """
+    rngs = _all_gather(rng_state(), run.world)
+    if run.rank == 0:
+        save_checkpoint(run.run_dir, step, {**model.state_dict(), "rng": rngs, "config": asdict(run.config),
+                                        "epoch": step // run.steps_per_epoch, "steps_per_epoch": run.steps_per_epoch,
+                                        "manifest_hash": run.manifest_hash, "best_model": best},
+                        keep=run.config.keep_checkpoints)
+
+
+class Validation:
+    """Validation on rank 0: the fixed val slices, the figures of the last pass, and the model selection.
+
+    The CycleGAN is validated on ``val_ld`` / ``val_fd`` slices (and scored on the ``val_pairs.csv`` twins when
+    the manifest has them), the supervised generator on the val pairs. ``best`` is the record of
+    :func:`_select_best` for ``model_select`` other than ``last``; it is saved in every checkpoint.
+    """
+
+    def __init__(self, run: Run, monitor: Monitor | None, best: dict[str, Any]) -> None:
+        from ldct_monai.data import val_pair_slices, val_slices
+
+        config, manifest = run.config, Path(run.config.manifest)
+        supervised = config.method == "supervised"
+        self.config, self.monitor, self.best = config, monitor, best
+        self.last: dict[str, float] = {}
+        self.slices = ((val_pair_slices if supervised else val_slices)(manifest, config)) if run.rank == 0 else {}
+        if run.rank == 0 and not supervised and (manifest / SPLIT_FILES["val_pairs"]).is_file():
+            pairs_val = val_pair_slices(manifest, config)  # the unpaired model, scored on val twins
+            self.slices["pair_ld"], self.slices["pair_fd"] = pairs_val["ld"], pairs_val["fd"]
+
+    def __call__(self, model: CycleGAN | Supervised, step: int) -> None:
+        """Validate ``model`` at ``step``: log the figures and panels, keep the generator if it is the best so far."""
+        if self.monitor is None or not (self.slices.get("ld") or self.slices.get("fd")):
+            return
+        self.last, panels = model.validate(self.slices, self.config.hu_window)
+        self.monitor.scalars(step, self.last, prefix="val")
+        if panels:
+            self.monitor.images(step, panels)
+        if self.config.model_select != "last":
+            self.best = _select_best(self.best, step, self.last, model.generator, self.config.model_select)
+
+
+def export_generator(run: Run, model: CycleGAN | Supervised, step: int, validation: Validation,
+           initialised_from: str | None) -> int:
+    """Export the generator of ``model_select`` to ``RUN_DIR/model`` (rank 0 only); return its step.
+
+    The card's extra fields: ``validation`` (of the exported step), ``selection`` (when chosen by validation),
+    ``initialised_from`` (``init_generator``), ``training_domain`` (kernels, pixel sizes and thicknesses of
+    the training split: denoise warns outside them) and, for supervised runs, ``task``.
+    """
+    from ldct_monai.domain import training_domain
+    from ldct_monai.modelio import export_model
+
+    config, best, last_val = run.config, validation.best, validation.last
+    supervised = config.method == "supervised"
+    generator, export_step, extra = model.generator, step, ({"validation": last_val} if last_val else None)
+    if config.model_select != "last" and not best:
+        log.warning("model_select %s: no validation ran (empty val split or no val pairs?); exporting the last "
+                    "generator.", config.model_select)
+    if best:
+        generator = ResNetGenerator(**config.generator_kwargs)
+        generator.load_state_dict(best["state"])
+        export_step = int(best["step"])
+        selection = {"by": config.model_select, "step": export_step, "last_step": step, "last_validation": last_val}
+        if config.model_select == "val-pairs":
+            selection["gain_db"] = -best["score"]
+            log.info("Exporting the generator of step %d (val paired gain %+.2f dB; last step %d: %+.2f dB).",
+                     export_step, -best["score"], step, float(last_val.get("gain_db", math.nan)))
+        else:
+            selection["score_hu"] = best["score"]
+            log.info("Exporting the generator of step %d (val G(LD) noise %.1f HU, FD %.1f HU; last step %d).",
+                     export_step, best["val"]["noise_g_ld"], best["val"]["noise_fd"], step)
+        extra = {"validation": best["val"], "selection": selection}
+    if initialised_from is not None:
+        extra = {**(extra or {}), "initialised_from": initialised_from}
+    domain = training_domain(Path(config.manifest))
+    if domain:  # kernels, pixel sizes, thicknesses trained on: denoise warns outside them
+        extra = {**(extra or {}), "training_domain": domain}
+    if supervised:
+        extra = {**(extra or {}), "task": "low-dose CT -> full-dose CT (residual ResNet generator, supervised "
+                                          f"on paired patches, {config.supervised_loss} loss)"}
+    export_model(run.run_dir / "model", generator, config.generator_kwargs, hu_window=config.hu_window,
+                 config=asdict(config), manifest_hash=run.manifest_hash, step=export_step, extra=extra,
+                 name="ldct-monai-supervised" if supervised else "ldct-monai-cyclegan")
+    return export_step
+
+
+def _write_run_info(run: Run, step: int, export_step: int, elapsed: float, checksums: list[str],
+                    curves: Path | None) -> None:
+    """``RUN_DIR/run.json``: what ran where (steps, world size, device, precision, replica checksums)."""
+    run_info = {
+        "steps": step, "exported_step": export_step, "stop": run.stop, "schedule_steps": run.total,
+        "steps_per_epoch": run.steps_per_epoch, "world_size": run.world, "device": str(run.device),
+        "precision": run.config.precision, "seconds_this_session": round(elapsed, 2), "replica_checksums": checksums,
+        "replicas_identical": len(set(checksums)) == 1, "manifest_hash": run.manifest_hash,
+        "loss_curves": str(curves) if curves else None, "versions": package_versions(),
+    }
+    atomic_write_text(run.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+    if len(set(checksums)) != 1:
+        log.warning("DDP replicas differ at the end of training: %s", checksums)
+
+
 def train(config: TrainConfig) -> Path:
-    """Train the CycleGAN of ``config`` and export the LD->FD generator; return the run folder.
+    """Train the CycleGAN (or the supervised generator) of ``config``, export the LD->FD generator; return RUN_DIR.
 
     Works alike on CPU, one GPU, and under ``torchrun`` with several processes (DDP; rank 0 writes).
     ``config.resume`` continues from the newest loadable checkpoint exactly (same next batch, same lr).
+    The parts have their own homes: :func:`resume_run`, :func:`write_checkpoint`, :class:`Validation` (with
+    the model selection) and :func:`export_generator`; this function builds the run and holds the loop.
 
     Raises:
         InputError: bad manifest, config, or resume request.
         OutputExistsError: RUN_DIR exists without --resume or --overwrite.
         TrainingDiverged: a loss became NaN or infinite (the last checkpoint stays usable).
     """
-    from ldct_monai.data import PairedBatches, UnpairedBatches, pair_records, split_records, val_pair_slices, val_slices
-    from ldct_monai.manifest import SPLIT_FILES, manifest_hash
-    from ldct_monai.modelio import export_model
+    from ldct_monai.data import PairedBatches, UnpairedBatches, pair_records, split_records
+    from ldct_monai.manifest import manifest_hash
     from ldct_monai.monitor import Monitor
     from ldct_monai.progress import make_progress
 
@@ -698,8 +886,8 @@ def train(config: TrainConfig) -> Path:
     if supervised:
         pairs = pair_records(Path(config.manifest), "train_pairs")
     else:
-        ld_records = split_records(Path(config.manifest), "train_ld", "ld", "low")
-        fd_records = split_records(Path(config.manifest), "train_fd", "fd", "full")
+        ld_records = split_records(Path(config.manifest), "train_ld", "ld", Dose.LOW.value)
+        fd_records = split_records(Path(config.manifest), "train_fd", "fd", Dose.FULL.value)
     init_state = init_generator_state(config.init_generator, config) if config.init_generator else None
     rank, world, device = _dist_setup(config)
     threads_before = torch.get_num_threads()
@@ -707,23 +895,7 @@ def train(config: TrainConfig) -> Path:
         torch.set_num_threads(config.threads)
     try:
         run_dir = Path(config.out)
-        problem: BaseException | None = None
-        if rank == 0:
-            try:
-                config = _prepare_run_dir(config)
-                if not config.resume:
-                    _save_config(config)
-            except BaseException as err:  # re-raised below, after telling the other ranks (no hang at a barrier)
-                problem = err
-        if world > 1:
-            import torch.distributed as dist
-
-            shared = [str(problem) if problem is not None else None]
-            dist.broadcast_object_list(shared, src=0)
-            if shared[0] is not None and problem is None:
-                raise InputError(f"rank 0 could not prepare {run_dir}: {shared[0]}")
-        if problem is not None:
-            raise problem
+        config = _prepare(config, rank, world)
         mhash = manifest_hash(Path(config.manifest))
         cache_dir = (Path(config.cache_dir) if config.cache_dir else run_dir / "cache") if config.cache == "disk" else None
         if supervised:
@@ -738,60 +910,18 @@ def train(config: TrainConfig) -> Path:
         else:
             total, decay = config.epochs * spe, config.decay_epochs * spe
         stop = min(total, config.max_steps) if config.max_steps else total
+        run = Run(config, run_dir, rank, world, device, spe, mhash, total, stop)
         model = (Supervised if supervised else CycleGAN)(config, device, total, decay, rank, world)
         if init_state is not None and not config.resume:
             model.generator.load_state_dict(init_state[0])
             if rank == 0:
                 log.info("LD->FD generator starts from %s.", init_state[1])
-        step = 0
-        best: dict[str, Any] = {}  # model_select "val-noise": step, score (HU), validation values, generator state
-        if config.resume:
-            path, state = load_latest(run_dir, map_location="cpu")
-            if state.get("steps_per_epoch") != spe or state.get("manifest_hash") != mhash:
-                raise InputError(f"{path}: the manifest changed since this checkpoint (steps/epoch "
-                                 f"{state.get('steps_per_epoch')} -> {spe}, hash {state.get('manifest_hash')} -> {mhash}).")
-            model.load_state_dict(state)
-            set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-            step = int(state["step"])
-            best = dict(state.get("best_model") or {})
-            if rank == 0:
-                log.info("Resuming %s from %s (step %d of %d).", run_dir, path.name, step, stop)
-
-        def checkpoint() -> None:
-            rngs = [rng_state()]
-            if world > 1:
-                import torch.distributed as dist
-
-                gathered: list = [None] * world
-                dist.all_gather_object(gathered, rngs[0])
-                rngs = gathered
-            if rank == 0:
-                save_checkpoint(run_dir, step, {**model.state_dict(), "rng": rngs, "config": asdict(config),
-                                                "epoch": step // spe, "steps_per_epoch": spe, "manifest_hash": mhash,
-                                                "best_model": best},
-                                keep=config.keep_checkpoints)
-
+        step, best = resume_run(run, model) if config.resume else (0, {})
         monitor = Monitor(run_dir, config.hu_window, config.tensorboard, resume_step=step if config.resume else None) \
             if rank == 0 else None
-        val = ((val_pair_slices if supervised else val_slices)(Path(config.manifest), config)) if rank == 0 else {}
-        if rank == 0 and not supervised and (Path(config.manifest) / SPLIT_FILES["val_pairs"]).is_file():
-            pairs_val = val_pair_slices(Path(config.manifest), config)  # the unpaired model, scored on val twins
-            val["pair_ld"], val["pair_fd"] = pairs_val["ld"], pairs_val["fd"]
-        last_val: dict[str, float] = {}
-
-        def validate_and_preview(s: int) -> None:
-            nonlocal last_val, best
-            if monitor is None or not (val.get("ld") or val.get("fd")):
-                return
-            last_val, panels = model.validate(val, config.hu_window)
-            monitor.scalars(s, last_val, prefix="val")
-            if panels:
-                monitor.images(s, panels)
-            if config.model_select != "last":
-                best = _select_best(best, s, last_val, model.generator, config.model_select)
-
+        validate = Validation(run, monitor, best)
         if step == 0:
-            validate_and_preview(0)  # the "before" picture: a residual generator starts near the identity
+            validate(model, 0)  # the "before" picture: a residual generator starts near the identity
         patches_per_step = (1 if supervised else 2) * config.batch_size * world
         t_log, s_log = time.perf_counter(), step
         t0 = time.perf_counter()
@@ -818,63 +948,18 @@ def train(config: TrainConfig) -> Path:
                         monitor.scalars(step, {"epoch": epoch, "lr": model.sched_g.get_last_lr()[0], **values,
                                                "patches_per_s": rate})
                     if step % config.val_every == 0 or step == stop:
-                        validate_and_preview(step)
+                        validate(model, step)
                     epoch_end = step % spe == 0
                     if step % config.checkpoint_every == 0 or step == stop or epoch_end:
-                        checkpoint()
+                        write_checkpoint(run, model, step, validate.best)
                     if step >= stop:
                         break
         elapsed = time.perf_counter() - t0
-        checksums = [model.param_checksum()]
-        if world > 1:
-            import torch.distributed as dist
-
-            gathered = [None] * world
-            dist.all_gather_object(gathered, checksums[0])
-            checksums = gathered
+        checksums = _all_gather(model.param_checksum(), world)
         if rank == 0:
-            generator, export_step, extra = model.generator, step, ({"validation": last_val} if last_val else None)
-            if config.model_select != "last" and not best:
-                log.warning("model_select %s: no validation ran (empty val split or no val pairs?); exporting the last "
-                            "generator.", config.model_select)
-            if best:
-                generator = ResNetGenerator(**config.generator_kwargs)
-                generator.load_state_dict(best["state"])
-                export_step = int(best["step"])
-                selection = {"by": config.model_select, "step": export_step, "last_step": step, "last_validation": last_val}
-                if config.model_select == "val-pairs":
-                    selection["gain_db"] = -best["score"]
-                    log.info("Exporting the generator of step %d (val paired gain %+.2f dB; last step %d: %+.2f dB).",
-                             export_step, -best["score"], step, float(last_val.get("gain_db", math.nan)))
-                else:
-                    selection["score_hu"] = best["score"]
-                    log.info("Exporting the generator of step %d (val G(LD) noise %.1f HU, FD %.1f HU; last step %d).",
-                             export_step, best["val"]["noise_g_ld"], best["val"]["noise_fd"], step)
-                extra = {"validation": best["val"], "selection": selection}
-            if init_state is not None:
-                extra = {**(extra or {}), "initialised_from": init_state[1]}
-            from ldct_monai.domain import training_domain
-
-            domain = training_domain(Path(config.manifest))
-            if domain:  # kernels, pixel sizes, thicknesses trained on: denoise warns outside them
-                extra = {**(extra or {}), "training_domain": domain}
-            if supervised:
-                extra = {**(extra or {}), "task": "low-dose CT -> full-dose CT (residual ResNet generator, supervised "
-                                                  f"on paired patches, {config.supervised_loss} loss)"}
-            export_model(run_dir / "model", generator, config.generator_kwargs, hu_window=config.hu_window,
-                         config=asdict(config), manifest_hash=mhash, step=export_step, extra=extra,
-                         name="ldct-monai-supervised" if supervised else "ldct-monai-cyclegan")
+            export_step = export_generator(run, model, step, validate, init_state[1] if init_state is not None else None)
             curves = monitor.loss_curves() if monitor else None
-            run_info = {
-                "steps": step, "exported_step": export_step, "stop": stop, "schedule_steps": total, "steps_per_epoch": spe,
-                "world_size": world, "device": str(device), "precision": config.precision,
-                "seconds_this_session": round(elapsed, 2), "replica_checksums": checksums,
-                "replicas_identical": len(set(checksums)) == 1, "manifest_hash": mhash,
-                "loss_curves": str(curves) if curves else None, "versions": package_versions(),
-            }
-            atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
-            if len(set(checksums)) != 1:
-                log.warning("DDP replicas differ at the end of training: %s", checksums)
+            _write_run_info(run, step, export_step, elapsed, checksums, curves)
             if monitor:
                 monitor.close()
         _barrier(world)
