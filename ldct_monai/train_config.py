@@ -21,7 +21,7 @@ from ldct_monai.schema import PRECISIONS
 CACHE_MODES = ("none", "memory", "disk")
 D_NORMS = ("instance", "batch", "none")
 D_CONDITIONS = ("none", "body-part")
-MODEL_SELECT = ("last", "val-pairs", "val-noise")
+MODEL_SELECT = ("last", "val-noise", "val-pairs")
 METHODS = ("cyclegan", "supervised")
 SUPERVISED_LOSSES = ("l1", "mse", "l1+ssim")
 
