@@ -591,7 +591,7 @@ def init_generator_state(spec: str, config: TrainConfig) -> tuple[dict[str, torc
     arch = loaded.card["architecture"]["kwargs"]
     if {"norm": "instance", **arch} != {"norm": "instance", **config.generator_kwargs}:
         raise InputError(f"--init-generator {spec}: its generator is {arch}, the run's is {config.generator_kwargs}; "
-                         "set --ngf / --n-blocks / --upsample / --residual to match.")
+                         "set --ngf / --n-blocks (and g_norm, upsample, residual in a --config file) to match.")
     if loaded.hu_window != config.hu_window:
         raise InputError(f"--init-generator {spec}: HU window {loaded.hu_window} differs from the run's {config.hu_window}.")
     return loaded.generator.state_dict(), f"{loaded.name} ({loaded.path}, card {loaded.card_hash})"
@@ -938,7 +938,7 @@ def train(config: TrainConfig) -> Path:
                         raise TrainingDiverged(
                             f"step {step}: non-finite loss ({', '.join(f'{k}={values[k]}' for k in bad)}); the last "
                             f"checkpoint in {run_dir / 'checkpoints'} is intact. Try --precision fp32, a lower --lr, "
-                            "or --grad-clip 1.0.")
+                            "or grad_clip: 1.0 in a --config file.")
                     info = " ".join(f"{k} {values[k]:.4f}" for k in model.progress_keys)
                     progress.update(task, advance=1, info=f"{info} ep {epoch}")
                     if monitor is not None and (step % config.log_every == 0 or step == stop):

@@ -1,8 +1,11 @@
 """The training configuration: one frozen dataclass, named presets, and YAML/JSON config files.
 
-Every CLI option of ``ldct-monai train`` maps one-to-one onto a field of :class:`TrainConfig`; a run
-saves ``asdict(config)`` in ``RUN_DIR/config.json``, in every checkpoint and in the model card, so the
-run can be resumed and the model rebuilt from the files alone.
+Every field of :class:`TrainConfig` is declared with :func:`opt`: its default, the reason for it (the
+``ldct-monai train --help`` text) and whether ``train`` has a command-line flag for it. The flags
+(:data:`CLI_FIELDS`) are the options a user needs; every other field (research switches, loss weights,
+optimiser details) is set in a ``--config`` file or from Python. A run saves ``asdict(config)`` in
+``RUN_DIR/config.json``, in every checkpoint and in the model card, so the run can be resumed and the
+model rebuilt from the files alone.
 
 Precedence (lowest to highest): the dataclass defaults < ``--preset`` < ``--config FILE`` < CLI flags.
 """
@@ -10,7 +13,7 @@ Precedence (lowest to highest): the dataclass defaults < ``--preset`` < ``--conf
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,12 @@ METHODS = ("cyclegan", "supervised")
 SUPERVISED_LOSSES = ("l1", "mse", "l1+ssim")
 
 
+def opt(default: Any, help: str, cli: bool = False) -> Any:
+    """A config field: its ``default``, the reason for it (``help``, shown by ``train --help``) and whether
+    ``train`` has a flag for it (``cli``; without one the field is set in a ``--config`` file or from Python)."""
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a CycleGAN training run. Defaults follow the MathWorks example / Zhu et al.
@@ -35,79 +44,97 @@ class TrainConfig:
     """
 
     # --- what ---
-    method: str = "cyclegan"  # cyclegan (unpaired train_ld/train_fd) or supervised (train_pairs.csv of build-manifest --paired)
-    init_generator: str = ""  # start the LD->FD generator from a trained model: builtin (the shipped denoiser) or a model folder
+    method: str = opt("cyclegan", "cyclegan (unpaired train_ld/train_fd) or supervised (train_pairs.csv of "
+                      "build-manifest --paired)", cli=True)
+    init_generator: str = opt("", "start the LD->FD generator from a trained model: builtin (the shipped denoiser) "
+                              "or a model folder", cli=True)
 
     # --- where ---
-    manifest: str = ""  # manifest folder from build-manifest (required)
-    out: str = ""  # RUN_DIR: checkpoints, logs, previews, model/ (required)
-    resume: bool = False  # continue from the newest checkpoint in RUN_DIR (exactly: same next batch, same lr)
-    overwrite: bool = False  # delete an existing non-empty RUN_DIR and start over
-    preset: str = "matlab"  # name of the preset the run started from (recorded, not used after)
-    seed: int = 0  # seeds weights, sampling and augmentation: same seed + same thread count = same run on CPU
+    manifest: str = opt("", "manifest folder from build-manifest (required)", cli=True)
+    out: str = opt("", "RUN_DIR: checkpoints, logs, previews, model/ (required)", cli=True)
+    resume: bool = opt(False, "continue from the newest checkpoint in RUN_DIR (exactly: same next batch, same lr)",
+                       cli=True)
+    overwrite: bool = opt(False, "delete an existing non-empty RUN_DIR and start over", cli=True)
+    preset: str = opt("matlab", "name of the preset the run started from (recorded, not used after)", cli=True)
+    seed: int = opt(0, "seeds weights, sampling and augmentation: same seed + same thread count = same run on CPU",
+                    cli=True)
 
     # --- device and speed ---
-    device: str = "auto"  # cuda if present, else cpu
-    precision: str = "fp32"  # bf16 autocast is ~2x faster on AVX-512-bf16 CPUs and GPUs; fp32 is the safe default
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default (one per core). 1 is far faster on a busy machine
-    compile: bool = False  # torch.compile: helps on GPUs, costs minutes of compile time on a small CPU
-    channels_last: bool = False  # NHWC memory format: faster convolutions on GPUs with tensor cores
+    device: str = opt("auto", "cuda if present, else cpu", cli=True)
+    precision: str = opt("fp32", "bf16 autocast is ~2x faster on AVX-512-bf16 CPUs and GPUs; fp32 is the safe default",
+                         cli=True)
+    threads: int = opt(0, "torch CPU threads; 0 keeps torch's default (one per core). 1 is far faster on a busy "
+                       "machine", cli=True)
+    compile: bool = opt(False, "torch.compile: helps on GPUs, costs minutes of compile time on a small CPU")
+    channels_last: bool = opt(False, "NHWC memory format: faster convolutions on GPUs with tensor cores")
 
     # --- data ---
-    patch_size: int = 128  # MathWorks example: 128x128 patches
-    patches_per_slice: int = 16  # MathWorks example: 16 patches per image (one decode feeds many patches)
-    batch_size: int = 32  # patches per optimizer step per process; MathWorks minibatch 32
-    min_tissue_fraction: float = 0.5  # a patch is kept when >= this fraction of its pixels is above tissue_hu
-    tissue_hu: float = -500.0  # pixels above this HU count as tissue (air is -1000, lung ~ -800 .. -500)
-    patch_tries: int = 10  # random draws per patch before the draw with the most tissue is taken
-    hu_low: float = -1024.0  # HU mapped to -1 (the full 12-bit CT range, MathWorks normalizeCTImages)
-    hu_high: float = 3071.0  # HU mapped to +1
-    cache: str = "memory"  # decoded slices kept in RAM (none | memory | disk); DICOM decode is the slow part
-    cache_dir: str = ""  # folder for --cache disk; "" means RUN_DIR/cache
-    num_workers: int = 2  # DataLoader worker processes per rank (0 loads in the training process)
-    body_part_batches: bool = False  # each step takes LD and FD slices of one body part (rotating): docs/training.md
+    patch_size: int = opt(128, "MathWorks example: 128x128 patches", cli=True)
+    patches_per_slice: int = opt(16, "MathWorks example: 16 patches per image (one decode feeds many patches)", cli=True)
+    batch_size: int = opt(32, "patches per optimizer step per process; MathWorks minibatch 32", cli=True)
+    min_tissue_fraction: float = opt(0.5, "a patch is kept when >= this fraction of its pixels is above tissue_hu")
+    tissue_hu: float = opt(-500.0, "pixels above this HU count as tissue (air is -1000, lung ~ -800 .. -500)")
+    patch_tries: int = opt(10, "random draws per patch before the draw with the most tissue is taken")
+    hu_low: float = opt(-1024.0, "HU mapped to -1 (the full 12-bit CT range, MathWorks normalizeCTImages)")
+    hu_high: float = opt(3071.0, "HU mapped to +1")
+    cache: str = opt("memory", "decoded slices kept in RAM (none | memory | disk); DICOM decode is the slow part")
+    cache_dir: str = opt("", "folder for cache: disk; \"\" means RUN_DIR/cache")
+    num_workers: int = opt(2, "DataLoader worker processes per rank (0 loads in the training process)", cli=True)
+    body_part_batches: bool = opt(False, "each step takes LD and FD slices of one body part (rotating): "
+                                  "docs/training.md", cli=True)
 
     # --- model ---
-    ngf: int = 64  # generator filters (Zhu et al., MathWorks)
-    n_blocks: int = 6  # residual blocks: 6 for 128 px patches, 9 for 256 px (Zhu et al.)
-    upsample: str = "resize"  # nearest x2 + conv: no checkerboard artifacts in flat soft tissue (Odena et al.)
-    residual: bool = True  # output = input + correction: denoising is a small correction of the input
-    g_norm: str = "instance"  # generator norm: instance (Zhu et al.) or none (patch-trained, slice-run supervised denoisers)
-    init_identity: bool = True  # zero the generators' last conv: a residual generator starts as the identity
-    ndf: int = 64  # discriminator filters (70x70 PatchGAN, Zhu et al.)
-    d_layers: int = 3  # PatchGAN layers; 3 gives the 70x70 receptive field
-    d_norm: str = "instance"  # discriminator norm (Zhu et al.); "batch" sees noise level far sooner (docs/training.md)
-    d_window: bool = False  # discriminators also see each patch in its body part's reading window (LDCTBench); docs/training.md
-    d_condition: str = "none"  # body-part: discriminators also get the patch's body part (C/L/N one-hot planes); docs/training.md
+    ngf: int = opt(64, "generator filters (Zhu et al., MathWorks)", cli=True)
+    n_blocks: int = opt(6, "residual blocks: 6 for 128 px patches, 9 for 256 px (Zhu et al.)", cli=True)
+    upsample: str = opt("resize", "nearest x2 + conv: no checkerboard artifacts in flat soft tissue (Odena et al.)")
+    residual: bool = opt(True, "output = input + correction: denoising is a small correction of the input")
+    g_norm: str = opt("instance", "generator norm: instance (Zhu et al.) or none (patch-trained, slice-run "
+                      "supervised denoisers)")
+    init_identity: bool = opt(True, "zero the generators' last conv: a residual generator starts as the identity")
+    ndf: int = opt(64, "discriminator filters (70x70 PatchGAN, Zhu et al.)", cli=True)
+    d_layers: int = opt(3, "PatchGAN layers; 3 gives the 70x70 receptive field")
+    d_norm: str = opt("instance", "discriminator norm (Zhu et al.); \"batch\" sees noise level far sooner "
+                      "(docs/training.md)")
+    d_window: bool = opt(False, "discriminators also see each patch in its body part's reading window (LDCTBench); "
+                         "docs/training.md", cli=True)
+    d_condition: str = opt("none", "body-part: discriminators also get the patch's body part (C/L/N one-hot planes); "
+                           "docs/training.md", cli=True)
 
     # --- losses ---
-    supervised_loss: str = "l1"  # supervised: l1, mse or l1+ssim (L1 + 0.2 x (1 - SSIM)) between G(LD) and FD
-    lambda_cycle: float = 10.0  # cycle L1 weight (Zhu et al., MathWorks)
-    lambda_identity: float = 5.0  # identity 1-SSIM weight: 0.5 x lambda_cycle as Zhu et al.'s identity term
-    lambda_identity_l1: float = 0.0  # optional identity L1 weight (off: SSIM alone, as in the MathWorks example)
-    lambda_fidelity_lf: float = 0.0  # weight of L1 between pooled G(LD) and LD (and F(FD), FD): keeps HU level, not noise
-    fidelity_pool: int = 8  # pixels averaged per side for lambda_fidelity_lf (noise is high-frequency)
+    supervised_loss: str = opt("l1", "supervised: l1, mse or l1+ssim (L1 + 0.2 x (1 - SSIM)) between G(LD) and FD")
+    lambda_cycle: float = opt(10.0, "cycle L1 weight (Zhu et al., MathWorks)")
+    lambda_identity: float = opt(5.0, "identity 1-SSIM weight: 0.5 x lambda_cycle as Zhu et al.'s identity term")
+    # Research switches that did not help (docs/history.md): off by default, config files only.
+    lambda_identity_l1: float = opt(0.0, "optional identity L1 weight (off: SSIM alone, as in the MathWorks example)")
+    lambda_fidelity_lf: float = opt(0.0, "weight of L1 between pooled G(LD) and LD (and F(FD), FD): keeps HU level, "
+                                    "not noise")
+    fidelity_pool: int = opt(8, "pixels averaged per side for lambda_fidelity_lf (noise is high-frequency)")
 
     # --- optimisation ---
-    lr: float = 2e-4  # Adam learning rate (Zhu et al., MathWorks)
-    beta1: float = 0.5  # Adam beta1: 0.5 is the GAN standard (Radford et al., Zhu et al.)
-    beta2: float = 0.999  # Adam beta2
-    epochs: int = 10  # schedule length; one TCIA epoch is ~10^6 patches, far more than Zhu's ~1k images
-    decay_epochs: int = 5  # lr constant, then linear decay to 0 over the last decay_epochs (Zhu et al.)
-    total_steps: int = 0  # >0: schedule length in optimizer steps instead of epochs (decay over the last half)
-    max_steps: int = 0  # >0: stop after this many optimizer steps, schedule unchanged (smoke tests, quick looks)
-    d_warmup_steps: int = 0  # CycleGAN: first steps train only the discriminators (fine-tuning from --init-generator)
-    pool_size: int = 50  # image pool of generated images shown to the discriminators (Zhu et al.)
-    grad_clip: float = 0.0  # clip gradient norm at this value, or disable if == 0.0
+    lr: float = opt(2e-4, "Adam learning rate (Zhu et al., MathWorks)", cli=True)
+    beta1: float = opt(0.5, "Adam beta1: 0.5 is the GAN standard (Radford et al., Zhu et al.)")
+    beta2: float = opt(0.999, "Adam beta2")
+    epochs: int = opt(10, "schedule length; one TCIA epoch is ~10^6 patches, far more than Zhu's ~1k images")
+    decay_epochs: int = opt(5, "lr constant, then linear decay to 0 over the last decay_epochs (Zhu et al.)")
+    total_steps: int = opt(0, ">0: schedule length in optimizer steps instead of epochs (decay over the last half)",
+                           cli=True)
+    max_steps: int = opt(0, ">0: stop after this many optimizer steps, schedule unchanged (smoke tests, quick looks)",
+                         cli=True)
+    d_warmup_steps: int = opt(0, "CycleGAN: first steps train only the discriminators (fine-tuning from "
+                              "--init-generator)")
+    pool_size: int = opt(50, "image pool of generated images shown to the discriminators (Zhu et al.)")
+    grad_clip: float = opt(0.0, "clip gradient norm at this value, or disable if == 0.0")
 
     # --- monitoring and checkpoints ---
-    log_every: int = 10  # steps between metrics.csv rows / TensorBoard scalars
-    val_every: int = 200  # steps between validation passes (losses, noise estimate, preview PNG, TB images)
-    val_slices: int = 4  # val slices per dose used for validation (full slices, fixed set)
-    checkpoint_every: int = 500  # steps between checkpoints (plus one at each epoch end and at the end)
-    keep_checkpoints: int = 3  # keep the last K checkpoints
-    model_select: str = "last"  # exported generator: last; val-pairs = best paired val gain (needs val_pairs.csv); val-noise
-    tensorboard: bool = True  # write TensorBoard event files in RUN_DIR/tb
+    log_every: int = opt(10, "steps between metrics.csv rows / TensorBoard scalars")
+    val_every: int = opt(200, "steps between validation passes (losses, noise estimate, preview PNG, TB images)",
+                         cli=True)
+    val_slices: int = opt(4, "val slices per dose used for validation (full slices, fixed set)", cli=True)
+    checkpoint_every: int = opt(500, "steps between checkpoints (plus one at each epoch end and at the end)", cli=True)
+    keep_checkpoints: int = opt(3, "keep the last K checkpoints")
+    model_select: str = opt("last", "exported generator: last; val-pairs = best paired val gain (needs "
+                            "val_pairs.csv); val-noise", cli=True)
+    tensorboard: bool = opt(True, "write TensorBoard event files in RUN_DIR/tb", cli=True)
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -228,6 +255,15 @@ class TrainConfig:
         return asdict(self)
 
 
+CLI_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.metadata["cli"])
+"""Fields that are ``ldct-monai train`` flags (``max_steps`` -> ``--max-steps``), in declaration order."""
+
+
+def field_help(name: str) -> str:
+    """The help text of field ``name`` (the reason for its default)."""
+    return TrainConfig.__dataclass_fields__[name].metadata["help"]
+
+
 # Fields that may change when a run is resumed: they do not change what the next step computes.
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "device", "num_workers", "log_every", "val_every", "val_slices",
@@ -325,4 +361,4 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "CACHE_MODES", "D_CONDITIONS", "MODEL_SELECT", "config_diff", "read_config_file"]
+__all__ = ["TrainConfig", "PRESETS", "CLI_FIELDS", "field_help", "opt", "RESUMABLE_CHANGES", "CACHE_MODES", "D_CONDITIONS", "MODEL_SELECT", "config_diff", "read_config_file"]

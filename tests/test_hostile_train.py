@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from ldct_monai.cli import app
 from ldct_monai.data import split_records
 from ldct_monai.errors import InputError
+from ldct_monai.train_config import CLI_FIELDS
 from train_fixtures import TINY, make_manifest, one_thread  # noqa: F401 - fixture
 
 
@@ -29,7 +30,7 @@ def _copy_manifest(manifest: Path, dst: Path) -> Path:
 
 
 def _args(manifest: Path, out: Path, *extra: str) -> list[str]:
-    tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if not isinstance(v, bool)]
+    tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if not isinstance(v, bool) and k in CLI_FIELDS]
     return ["train", "--manifest", str(manifest), "--out", str(out), "--preset", "cpu-small", *tiny,
             "--no-tensorboard", *extra]
 

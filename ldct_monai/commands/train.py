@@ -1,9 +1,10 @@
-"""`ldct-monai train`: every option is a field of ``TrainConfig`` (one-to-one), plus --config FILE.
+"""`ldct-monai train`: the flags are the fields of ``TrainConfig`` marked ``cli``, plus --config FILE.
 
-The options are generated from the dataclass, so the CLI and the config can never drift apart: field
-``max_steps`` is ``--max-steps``, booleans are ``--flag/--no-flag``, and each option's help is the
-field's comment in ``ldct_monai/train_config.py``. Options left out keep the value of the layer below
-(dataclass default < --preset < --config FILE < flags; with --resume the run's saved config.json).
+The options are generated from the dataclass, so the CLI and the config cannot drift apart: field
+``max_steps`` is ``--max-steps``, booleans are ``--flag/--no-flag``, and each option's help is the help
+declared with the field (``train_config.opt``). Fields without a flag are set in the ``--config`` file.
+Options left out keep the value of the layer below (dataclass default < --preset < --config FILE < flags;
+with --resume the run's saved config.json).
 
 Multi-GPU / multi-node: ``torchrun --nproc-per-node=N -m ldct_monai.cli train ...`` (DDP, rank 0 writes).
 """
@@ -32,17 +33,8 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 _FIRST = ("manifest", "out", "preset", "max_steps", "seed", "device", "precision", "resume", "overwrite")
 
 
-def _field_help() -> dict[str, str]:
-    """Field name -> its trailing comment in train_config.py (the reason for the default)."""
-    src = inspect.getsource(tc.TrainConfig)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): \w+ = .*?  # (.*)$", src, re.M)}
-
-
 def _run(config_file: Path | None, **values: Any) -> None:
     """Build the config from the layers and train."""
-    import json
-    import os
-
     from ldct_monai.engine import train as run_training
 
     given = {k: v for k, v in values.items() if v is not None}
@@ -203,11 +195,12 @@ def _one_line(err: Exception, cfg: tc.TrainConfig) -> str | None:
 
 
 def _build_command():
-    helps = _field_help()
     params = [inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                 default=typer.Option(None, "--config", help="YAML or JSON file of config fields "
-                                                     "(may set 'preset'); flags given on the command line win."))]
-    ordered = sorted(fields(tc.TrainConfig), key=lambda f: (_FIRST.index(f.name) if f.name in _FIRST else 99))
+                                                     "(may set 'preset'; any field, also those without a flag: "
+                                                     "docs/training.md); flags given on the command line win."))]
+    cli = [f for f in fields(tc.TrainConfig) if f.name in tc.CLI_FIELDS]
+    ordered = sorted(cli, key=lambda f: (_FIRST.index(f.name) if f.name in _FIRST else 99))
     for f in ordered:
         typ = _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
         flag = "--" + f.name.replace("_", "-")
@@ -215,9 +208,9 @@ def _build_command():
         if f.name == "preset":
             helptext = f"Preset: {', '.join(tc.PRESETS)} (default: matlab with a GPU, cpu-small without)."
         elif f.name in ("manifest", "out"):
-            helptext = helps.get(f.name, "")
+            helptext = tc.field_help(f.name)
         else:
-            helptext = f"{helps.get(f.name, '')} [default: {f.default!r}, or the preset's]"
+            helptext = f"{tc.field_help(f.name)} [default: {f.default!r}, or the preset's]"
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[typ],
                                         default=typer.Option(None, *decls, help=helptext, show_default=False)))
 
