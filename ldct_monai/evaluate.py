@@ -56,6 +56,7 @@ class EvalConfig:
     batch_size: int = 4  # slices per forward pass
     baselines: tuple[str, ...] = BASELINES  # classical filters run on the same slices
     max_slices: int | None = None  # evenly spaced subset of the sorted test pairs; None = all
+    slices_per_body_part: int | None = None  # evenly spaced subset of each body part's sorted test pairs; None = all
     n_figures: int = 3  # slices drawn (one per body part first)
     crop: float = 0.5  # centre crop side as a fraction of the slice side (figures)
     tune_slices: int = 4  # val slices (or pairs) per body part and dose to tune the baselines on
@@ -77,6 +78,8 @@ class EvalConfig:
             problems.append(f"batch size must be >= 1, found {self.batch_size}")
         if self.max_slices is not None and self.max_slices < 1:
             problems.append(f"max slices must be >= 1, found {self.max_slices}")
+        if self.slices_per_body_part is not None and self.slices_per_body_part < 1:
+            problems.append(f"slices per body part must be >= 1, found {self.slices_per_body_part}")
         if self.n_figures < 0:
             problems.append(f"number of figures must be >= 0, found {self.n_figures}")
         if not 0.05 <= self.crop <= 1.0:
@@ -151,7 +154,7 @@ def evaluate(
 
         require_bm3d()
     pairs_df = _test_pairs(load_split(manifest_dir, "test_pairs"), manifest_dir)
-    selected = _select(pairs_df, config.max_slices)
+    selected = _select(_select_per_body_part(pairs_df, config.slices_per_body_part), config.max_slices)
     model = load_model(model_path)
     denoiser = _make_denoiser(model, config)
     reference = None
@@ -236,6 +239,16 @@ def _select(pairs: list[_Pair], max_slices: int | None) -> list[_Pair]:
         return pairs
     idx = np.unique(np.round(np.linspace(0, len(pairs) - 1, max_slices)).astype(int))
     return [pairs[i] for i in idx]
+
+
+def _select_per_body_part(pairs: list[_Pair], n: int | None) -> list[_Pair]:
+    """``n`` evenly spaced pairs of each body part (all of a body part with fewer), in the sorted order."""
+    if n is None:
+        return pairs
+    out: list[_Pair] = []
+    for bp in sorted({p.body_part for p in pairs}, key=_bp_order):
+        out += _select([p for p in pairs if p.body_part == bp], n)
+    return out
 
 
 def _figure_slices(pairs: list[_Pair], n: int) -> list[int]:

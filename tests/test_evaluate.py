@@ -393,3 +393,12 @@ def test_reference_model_is_scored_beside_the_model(workspace, tmp_path):
     assert res["model"]["psnr_full"]["gain_mean"] == pytest.approx(0.0, abs=1e-3)
     assert abs(res["reference"]["psnr_full"]["gain_mean"]) > 0.01 and res["reference"]["seconds_per_slice"] > 0
     assert "(reference)" in (tmp_path / "r" / "summary.md").read_text()
+
+
+def test_slices_per_body_part_picks_evenly_within_each_part(workspace, tmp_path):
+    tmp, man, _ = workspace
+    s = evaluate(man, tmp / "run", tmp_path / "r", EvalConfig(device="cpu", n_figures=0, baselines=(), slices_per_body_part=1),
+                 progress=False)
+    assert s["slices_per_body_part"] == {"C": 1, "L": 1, "N": 1}
+    with pytest.raises(InputError, match="slices per body part"):
+        EvalConfig(slices_per_body_part=0)

@@ -19,7 +19,7 @@ def parse_baselines(value: str) -> tuple[str, ...]:
 
 def evaluate(
     manifest: Path = typer.Option(..., "--manifest", help="Manifest folder (test_pairs.csv, val_*.csv, splits.json)."),
-    model: str | None = typer.Option(None, "--model", help="Trained model: a MONAI bundle (RUN_DIR, RUN_DIR/model or a .zip of a bundle) or a shipped model's name (default: the shipped ldct-denoiser-v1)."),
+    model: str | None = typer.Option(None, "--model", help="Trained model: a MONAI bundle (RUN_DIR, RUN_DIR/model or a .zip of a bundle) or a shipped model's name (default: the shipped default model; see ldct-monai models)."),
     out: Path = typer.Option(..., "--out", help="Report folder to create (metrics.csv, summary.*, figures/)."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if present), cpu or cuda[:N]."),
     precision: str = typer.Option("fp32", "--precision", help="Inference precision: fp32, bf16 or fp16."),
@@ -27,6 +27,7 @@ def evaluate(
     batch_size: int = typer.Option(4, "--batch-size", help="Slices per forward pass."),
     baselines: str = typer.Option("gaussian,nlm,bm3d", "--baselines", help="Classical baselines: comma list of gaussian, nlm, bm3d; or none. BM3D takes ~10-20 s per 512 px slice on a CPU core pair."),
     max_slices: int | None = typer.Option(None, "--max-slices", help="Evaluate an evenly spaced subset of N test slices."),
+    slices_per_body_part: int | None = typer.Option(None, "--slices-per-body-part", help="Evaluate N evenly spaced test slices of each body part (all of a body part with fewer)."),
     n_figures: int = typer.Option(3, "--n-figures", help="Slices to draw (0 for none)."),
     tune_slices: int = typer.Option(4, "--tune-slices", help="Val slices (pairs) per body part (and dose) used to tune the baselines."),
     tune_crop: int = typer.Option(192, "--tune-crop", help="Paired tuning runs on a centre crop of this many px (0: whole slices)."),
@@ -52,6 +53,7 @@ def evaluate(
         batch_size=batch_size,
         baselines=parse_baselines(baselines),
         max_slices=max_slices,
+        slices_per_body_part=slices_per_body_part,
         n_figures=n_figures,
         tune_slices=tune_slices,
         tune_crop=tune_crop or None,
