@@ -53,8 +53,10 @@ def training_domain(manifest_dir: Path) -> dict[str, Any] | None:
         return None
     col = lambda c: df[c] if c in df.columns else pd.Series([""] * len(df))  # noqa: E731
     kernels = sorted({(m, k) for m, k in zip(col("manufacturer"), col("kernel"), strict=True)})
+    # "unknown" (a name the vendor table does not know, e.g. the phantoms' B30f without a Siemens Manufacturer)
+    # says nothing about texture: it is not a class trained on, so an unknown kernel at denoise time warns
     classes = sorted({classify_kernel(SimpleNamespace(ConvolutionKernel=k, Manufacturer=m)).kernel_class
-                      for m, k in kernels})
+                      for m, k in kernels} - {"unknown"})
     num = lambda c: pd.to_numeric(col(c), errors="coerce")  # noqa: E731
     return {
         "kernel_classes": classes,

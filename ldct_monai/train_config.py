@@ -290,7 +290,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "val_slices": 6,
     },
     # Adapts the shipped denoiser to unpaired data of a new scanner or dose on 2 CPU cores: the CycleGAN's
-    # LD -> FD generator starts from ldct-denoiser-v1 (same architecture: 24 filters, 4 blocks, no norm), the
+    # LD -> FD generator starts from the shipped default model (same architecture: 24 filters, 4 blocks, no norm), the
     # FD -> LD one from the identity. A low lr and a light cycle weight: cycle L1 cannot be met by a
     # denoiser (F cannot restore the exact noise it removed), and at 10 it pulls G back towards the identity.
     "cpu-finetune": {

@@ -36,6 +36,11 @@ def test_training_domain_from_the_train_split(manifest, tmp_path):
     assert dom == {"kernel_classes": ["sharp", "standard"], "kernels": ["B", "D"], "pixel_spacing_mm": [0.78, 1.07],
                    "slice_thickness_mm": [1.0, 3.0], "body_parts": ["C", "L"]}
     assert training_domain(tmp_path / "nothing") is None
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    pd.DataFrame([{"kernel": "B30f", "manufacturer": "ldct-monai synth", "pixel_spacing_row": 0.5, "slice_thickness": 1}]
+                 ).to_csv(odd / "train_ld.csv", index=False)
+    assert training_domain(odd)["kernel_classes"] == []  # an unclassifiable kernel is no class trained on
 
 
 def test_outside_domain_names_each_problem(manifest, caplog):

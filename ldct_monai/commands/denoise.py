@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def denoise(
     series_dir: Path = typer.Argument(..., help="Folder with the CT series (searched recursively)."),
     out_dir: Path = typer.Argument(..., help="Output folder for the derived DICOM series (created atomically)."),
-    model: Path | None = typer.Option(None, "--model", "-m", help="Trained model: a MONAI bundle (RUN_DIR, RUN_DIR/model or a .zip of a bundle) or a shipped model's name (default: the shipped ldct-denoiser-v1; see ldct-monai models)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Trained model: a MONAI bundle (RUN_DIR, RUN_DIR/model or a .zip of a bundle) or a shipped model's name (default: the shipped default model; see ldct-monai models)."),
     method: str = typer.Option("model", "--method", help="model (default: the trained model), or a classical method without a model: bm3d, nlm, gaussian."),
     strength: float | None = typer.Option(None, "--strength", help="Classical methods: Gaussian sigma in px, or k for NLM (h = k x noise, default 0.9) and BM3D (sigma_psd = k x noise, default 2.0)."),
     series_uid: str | None = typer.Option(None, "--series-uid", help="SeriesInstanceUID to denoise when SERIES_DIR holds several series."),

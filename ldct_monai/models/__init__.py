@@ -12,7 +12,7 @@ from pathlib import Path
 from ldct_monai.bundle import METADATA
 from ldct_monai.errors import InputError
 
-BUILTIN = "ldct-denoiser-v1"  # the default model of denoise / evaluate and of train --init-generator builtin
+BUILTIN = "ldct-denoiser-v2"  # the default model of denoise / evaluate and of train --init-generator builtin
 MODELS_DIR = Path(__file__).parent
 
 
