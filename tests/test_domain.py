@@ -54,3 +54,20 @@ def test_outside_domain_names_each_problem(manifest, caplog):
     with caplog.at_level(logging.WARNING, logger="ldct_monai.domain"):
         warn_if_outside(dom, _header(thickness=5.0), "series/dir", "ldct-denoiser-v2")
     assert "series/dir: outside what ldct-denoiser-v2 was trained on: slice thickness 5 mm" in caplog.text
+
+
+def test_denoise_warns_when_a_series_is_outside_the_shipped_models_domain(tmp_path, caplog):
+    """pydicom's CT_small (GE STANDARD, 5 mm slices): the shipped model was trained on 1-3 mm."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from ldct_monai.denoise import denoise_series
+
+    src = tmp_path / "series"
+    src.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
+    with caplog.at_level(logging.WARNING, logger="ldct_monai.domain"):
+        res = denoise_series(src, tmp_path / "out", None, device="cpu", progress=False)
+    assert len(res["outside_training_domain"]) == 1 and "slice thickness 5 mm" in res["outside_training_domain"][0]
+    assert f"{src}: outside what" in caplog.text and len(res["files"]) == 1
