@@ -178,3 +178,12 @@ def test_cyclegan_scored_on_val_twins_exports_the_best_val_pairs_step(paired_man
     if best == 0:  # the exported generator is the start
         start = load_model(src).generator.state_dict()
         assert all(torch.equal(v, start[k]) for k, v in load_model(run).generator.state_dict().items())
+
+
+@pytest.mark.parametrize("preset", ["cpu-adapt", "cpu-finetune"])
+def test_adaptation_presets_fit_the_shipped_model(preset):
+    """Both adaptation presets start from the shipped default: its architecture and HU window match theirs."""
+    cfg = TrainConfig.from_preset(preset, manifest="m", out="o")
+    state, what = init_generator_state(cfg.init_generator, cfg)
+    assert cfg.init_generator == "builtin" and state and "ldct-denoiser" in what
+    assert cfg.model_select == "val-pairs"
