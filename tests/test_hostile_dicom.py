@@ -16,13 +16,10 @@ from typer.testing import CliRunner
 
 from conftest import REAL_CT, write_series
 from ldct_monai.cli import app
-from ldct_monai.config import HUWindow
 from ldct_monai.dicom.create import make_uid
 from ldct_monai.dicom.reader import read_series
 from ldct_monai.dicom.scan import read_chunk, scan_tree
 from ldct_monai.errors import InputError
-from ldct_monai.modelio import export_model
-from ldct_monai.networks import ResNetGenerator
 
 
 

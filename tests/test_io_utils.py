@@ -16,9 +16,6 @@ from conftest import REAL_CT, write_series
 from ldct_monai.cli import app
 from ldct_monai.errors import InputError, OutputExistsError
 from ldct_monai.io_utils import OWNER_FILE, atomic_output_dir, atomic_write_bytes, check_output_dir, foreign_files
-from ldct_monai.modelio import export_model
-from ldct_monai.config import HUWindow
-from ldct_monai.networks import ResNetGenerator
 
 
 

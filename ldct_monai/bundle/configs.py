@@ -47,7 +47,7 @@ def network_data_format(hu: dict[str, float]) -> dict[str, Any]:
     window = f"HU clipped to [{hu['low']:g}, {hu['high']:g}] and mapped linearly to [-1, 1]"
     return {
         "inputs": {"image": _tensor(hu, [-1.0, 1.0], f"low-dose CT slice, {window}", SPATIAL_SHAPE)},
-        "outputs": {"pred": _tensor(hu, [-1.0, 1.0], f"denoised CT slice, [-1, 1] = HU window", SPATIAL_SHAPE)},
+        "outputs": {"pred": _tensor(hu, [-1.0, 1.0], "denoised CT slice, [-1, 1] = HU window", SPATIAL_SHAPE)},
         "post_processed_outputs": {"pred": _tensor(hu, [hu["low"], hu["high"]], "denoised CT in HU",
                                                    ["*", "*", "*"])},
     }
