@@ -39,11 +39,12 @@ def training_domain(manifest_dir: Path) -> dict[str, Any] | None:
     """
     import pandas as pd
 
+    from ldct_monai.schema import SPLIT_FILES
     from ldct_monai.synth.kernels import classify_kernel
 
     frames = []
-    for name in ("train_ld.csv", "train_fd.csv"):
-        path = Path(manifest_dir) / name
+    for split in ("train_ld", "train_fd"):
+        path = Path(manifest_dir) / SPLIT_FILES[split]
         if path.is_file():
             frames.append(pd.read_csv(path, dtype=str, keep_default_na=False))
     if not frames:

@@ -287,6 +287,16 @@ def _read_pair(pair: _Pair) -> tuple[np.ndarray, np.ndarray]:
     return ld, fd
 
 
+def _denoise_chunk(denoiser, lds: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    """A model on a chunk of LD slices: one forward pass when they share a size, else one each; and its seconds."""
+    t0 = time.perf_counter()
+    if len({ld.shape for ld in lds}) == 1:
+        out = list(denoiser(np.stack(lds)))
+    else:  # mixed slice sizes: one forward pass each
+        out = [denoiser(ld) for ld in lds]
+    return out, time.perf_counter() - t0
+
+
 def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_idx: set[int], prog,
          reference=None) -> tuple[list[dict], dict, list[dict]]:
     """Denoise, filter and score every selected pair; keep the images of the figure slices.
@@ -309,19 +319,12 @@ def _run(pairs: list[_Pair], denoiser, config: EvalConfig, params: dict, figure_
     for start in range(0, len(pairs), config.batch_size):
         chunk = pairs[start : start + config.batch_size]
         loaded = [_read_pair(p) for p in chunk]
-        t0 = time.perf_counter()
-        shapes = {ld.shape for ld, _ in loaded}
-        if len(shapes) == 1:
-            den = list(denoiser(np.stack([ld for ld, _ in loaded])))
-        else:  # mixed slice sizes: one forward pass each
-            den = [denoiser(ld) for ld, _ in loaded]
-        model_s = time.perf_counter() - t0
+        lds = [ld for ld, _ in loaded]
+        den, model_s = _denoise_chunk(denoiser, lds)
         method_time[MODEL] += model_s
         ref_s, ref = 0.0, [None] * len(loaded)
         if reference is not None:
-            t0 = time.perf_counter()
-            ref = list(reference(np.stack([ld for ld, _ in loaded]))) if len(shapes) == 1 else [reference(ld) for ld, _ in loaded]
-            ref_s = time.perf_counter() - t0
+            ref, ref_s = _denoise_chunk(reference, lds)
             method_time[REFERENCE] += ref_s
         for k, (pair, (ld, fd), dn, rn) in enumerate(zip(chunk, loaded, den, ref)):
             bp = pair.body_part
