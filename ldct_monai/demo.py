@@ -33,7 +33,7 @@ class DemoConfig:
     slices: int = 6  # per series; the model is 2-D, so more slices only add time
     size: int = 256  # px; 512 is the clinical matrix but quadruples every stage's time
     seed: int = 0  # one seed for data, splits and training: a demo run is reproducible
-    steps: int | None = 150  # optimizer steps (50 of them discriminator warm-up); None = the preset's own schedule
+    steps: int | None = 200  # optimizer steps (the first quarter keeps G at the shipped model); None = the preset's own
     preset: str = "cpu-finetune"  # training preset (ldct_monai.train_config.PRESETS): CycleGAN from the shipped model
     device: str = "auto"  # cuda when present: the demo uses a GPU automatically
     precision: str = "auto"  # training precision; auto = bf16 where it runs natively (CUDA, AVX-512-BF16/AMX CPUs), else fp32
@@ -55,11 +55,13 @@ class DemoConfig:
                        "model_select": self.model_select}
         if self.steps is not None:
             extra["total_steps"] = self.steps
-        if self.steps is not None:  # six validation points on the curve, whatever the length
-            extra.update(val_every=max(1, self.steps // 6), checkpoint_every=max(1, self.steps // 3))
+        if self.steps is not None:  # eight validation points on the curve, whatever the length; warm-ups in proportion
+            extra.update(val_every=max(1, self.steps // 8), checkpoint_every=max(1, self.steps // 2),
+                         d_warmup_steps=self.steps // 16, ld2fd_warmup_steps=self.steps // 4)
         if self.quick:  # a tiny generator from scratch: the shipped model's architecture would not fit
             extra.update(patch_size=32, ngf=4, n_blocks=1, ndf=4, val_every=max(1, self.steps), checkpoint_every=max(1, self.steps),
-                         init_generator="", g_norm="instance", d_warmup_steps=0, lr=2e-4, lambda_cycle=10.0)
+                         init_generator="", g_norm="instance", d_warmup_steps=0, ld2fd_warmup_steps=0, lr=2e-4,
+                         lambda_cycle=10.0)
         return extra
 
 

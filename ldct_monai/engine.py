@@ -37,7 +37,7 @@ from torch import nn
 from ldct_monai.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
 from ldct_monai.io_utils import atomic_write_text, check_output_dir
-from ldct_monai.networks import ResNetGenerator, make_discriminator
+from ldct_monai.networks import NoiseGenerator, ResNetGenerator, make_discriminator
 from ldct_monai.runtime import autocast, package_versions, resolve_device
 from ldct_monai.schema import BODY_PARTS, SPLIT_FILES, BodyPart, Dose
 from ldct_monai.train_config import RESUMABLE_CHANGES, TrainConfig, config_diff
@@ -53,18 +53,30 @@ SUPERVISED_LOSS_NAMES = ("loss", "l1", "mse", "ssim")
 
 # --------------------------------------------------------------------------------------------- modules
 class GeneratorPair(nn.Module):
-    """G: LD -> FD and F: FD -> LD; one forward computes every generated image of a step."""
+    """G: LD -> FD and F: FD -> LD; one forward computes every generated image of a step.
+
+    F is a ResNet generator (Zhu et al.) or, with ``fd2ld: noise``, a :class:`NoiseGenerator` that adds fresh
+    noise. A stochastic F cannot give back the noise of a given LD image, so then the forward cycle
+    F(G(LD)) ~ LD and the identity images are not computed (their L1 would pull G towards the identity), and
+    the backward cycle G(F(FD)) ~ FD reaches G only: F learns from D_ld alone.
+    """
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
+        self.noise = config.fd2ld == "noise"
         self.ld2fd = ResNetGenerator(**config.generator_kwargs)
-        self.fd2ld = ResNetGenerator(**config.generator_kwargs)
+        self.fd2ld: nn.Module = NoiseGenerator(len(BODY_PARTS)) if self.noise else ResNetGenerator(**config.generator_kwargs)
         if config.init_identity:
             self.ld2fd.zero_head_()
-            self.fd2ld.zero_head_()
+            if not self.noise:
+                self.fd2ld.zero_head_()
 
-    def forward(self, ld: torch.Tensor, fd: torch.Tensor, identity: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, ld: torch.Tensor, fd: torch.Tensor, identity: bool = True,
+                fd_body_part: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         fake_fd = self.ld2fd(ld)
+        if self.noise:
+            fake_ld = self.fd2ld(fd, fd_body_part)
+            return {"fake_fd": fake_fd, "fake_ld": fake_ld, "rec_fd": self.ld2fd(fake_ld.detach())}
         fake_ld = self.fd2ld(fd)
         out = {"fake_fd": fake_fd, "fake_ld": fake_ld, "rec_ld": self.fd2ld(fake_fd), "rec_fd": self.ld2fd(fake_ld)}
         if identity:
@@ -226,9 +238,16 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
 
 
 def _backward_step(scaler: torch.amp.GradScaler, loss: torch.Tensor, opt: torch.optim.Optimizer,
-                   params, clip: float) -> None:
-    """Scaled backward, optional gradient-norm clipping (on unscaled gradients), optimizer step."""
+                   params, clip: float, freeze: nn.Module | None = None) -> None:
+    """Scaled backward, optional gradient-norm clipping (on unscaled gradients), optimizer step.
+
+    ``freeze``: a module whose gradients are dropped after the backward (under DDP, after their all-reduce),
+    so the optimizer step leaves it exactly as it was.
+    """
     scaler.scale(loss).backward()
+    if freeze is not None:
+        for p in freeze.parameters():
+            p.grad = None
     if clip > 0:
         scaler.unscale_(opt)
         nn.utils.clip_grad_norm_(params, clip)
@@ -274,6 +293,10 @@ class CycleGAN:
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         self.gens = GeneratorPair(config).to(device)
+        if config.fd2ld == "noise" and not config.resume:  # resumed runs load F from the checkpoint
+            from ldct_monai.noise_prior import calibrate
+
+            calibrate(self.gens.fd2ld, Path(config.manifest), config)  # every rank reads the same slices
         self.discs = DiscriminatorPair(config).to(device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:
@@ -291,7 +314,10 @@ class CycleGAN:
             self.gens_run = torch.compile(self.gens_run)
             self.discs_run = torch.compile(self.discs_run)
         betas = (config.beta1, config.beta2)
-        self.opt_g = torch.optim.Adam(self.gens.parameters(), lr=config.lr, betas=betas)
+        groups: Any = self.gens.parameters()  # one group: checkpoints of earlier runs keep resuming
+        if config.fd2ld == "noise":  # F's few parameters move at their own lr
+            groups = [{"params": self.gens.ld2fd.parameters()}, {"params": self.gens.fd2ld.parameters(), "lr": config.noise_lr}]
+        self.opt_g = torch.optim.Adam(groups, lr=config.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discs.parameters(), lr=config.lr, betas=betas)
         sched = lambda s: lr_factor(s, total_steps, decay_steps)  # noqa: E731 (a function: not pickled into checkpoints)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
@@ -340,15 +366,15 @@ class CycleGAN:
         # from +3.8 to +2.1 dB in 50 steps).
         update_g = self.sched_d.last_epoch >= cfg.d_warmup_steps
         with torch.set_grad_enabled(update_g), autocast(self.device, cfg.precision):
-            out = self.gens_run(ld, fd, identity=use_identity)
+            out = self.gens_run(ld, fd, identity=use_identity, fd_body_part=fd_body_part)
             c_ld, c_fd = self._cond(ld, ld_body_part), self._cond(fd, fd_body_part)
             j_ld, j_fd = _unwrap(self.discs).judge_fakes(c_ld, self._cond(out["fake_ld"], fd_body_part),
                                                          c_fd, self._cond(out["fake_fd"], ld_body_part))
-            adv_g = (self.adv(j_fd.float(), target_is_real=True, for_discriminator=False)
+            adv_g = (cfg.lambda_adv_fd * self.adv(j_fd.float(), target_is_real=True, for_discriminator=False)
                      + self.adv(j_ld.float(), target_is_real=True, for_discriminator=False))
         # Image losses in fp32: SSIM of low-contrast CT patches is not safe in bf16.
         o = {k: v.float() for k, v in out.items()}
-        cycle = self.l1(o["rec_ld"], ld) + self.l1(o["rec_fd"], fd)
+        cycle = self.l1(o["rec_fd"], fd) + (self.l1(o["rec_ld"], ld) if "rec_ld" in o else 0.0)
         zero = cycle.new_zeros(())
         identity = (self.ssim(o["idt_fd"], fd) + self.ssim(o["idt_ld"], ld)) if cfg.lambda_identity > 0 else zero
         identity_l1 = (self.l1(o["idt_fd"], fd) + self.l1(o["idt_ld"], ld)) if cfg.lambda_identity_l1 > 0 else zero
@@ -357,7 +383,10 @@ class CycleGAN:
         loss_g = (adv_g + cfg.lambda_cycle * cycle + cfg.lambda_identity * identity + cfg.lambda_identity_l1 * identity_l1
                   + cfg.lambda_fidelity_lf * fidelity_lf)
         if update_g:
-            _backward_step(self.scaler, loss_g, self.opt_g, self.gens.parameters(), cfg.grad_clip)
+            # G warm-up: G keeps its start (no gradient, so Adam leaves it untouched) while F and the
+            # discriminators learn; with fd2ld: noise, G's first cycle pairs then carry noise like the site's LD.
+            freeze = self.gens.ld2fd if self.sched_d.last_epoch < cfg.ld2fd_warmup_steps else None
+            _backward_step(self.scaler, loss_g, self.opt_g, self.gens.parameters(), cfg.grad_clip, freeze=freeze)
         # --- discriminators: real vs pooled fakes, halved as in Zhu et al. ---
         _set_requires_grad(self.discs, True)
         self.opt_d.zero_grad(set_to_none=True)
@@ -388,8 +417,11 @@ class CycleGAN:
         g, f = self.gens.ld2fd, self.gens.fd2ld
         dd = self.discs
         dd.eval()  # batch-norm discriminators: judge with running statistics and leave them untouched
-        try:
-            return self._validate(val, window, g, f, dd)
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:  # a noise F draws from the global RNG: validation must not move the training's draws (exact resume)
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.config.seed)
+                return self._validate(val, window, g, f, dd)
         finally:
             dd.train()
 
@@ -427,6 +459,9 @@ class CycleGAN:
         for k, v in sums.items():
             finite = [x for x in v if math.isfinite(x)]
             out[k] = sum(finite) / len(finite) if finite else float("nan")
+        if isinstance(f, NoiseGenerator):  # the level F adds per body part (HU, before its HU dependence)
+            levels = f.log_amplitude.detach().float().exp().cpu() * (self.config.hu_high - self.config.hu_low) / 2.0
+            out.update({f"f_noise_hu_{part}": float(levels[i]) for i, part in enumerate(BODY_PARTS)})
         if val.get("pair_ld"):  # simulated data has twins: the unpaired model is also scored against them
             g.eval()
             try:

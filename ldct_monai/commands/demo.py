@@ -34,7 +34,7 @@ def demo(
     patients: int = typer.Option(5, help="Synthetic patients per body part (C, L, N)."),
     slices: int = typer.Option(6, help="Slices per series."),
     size: int = typer.Option(256, help="Image size in pixels (rows = columns)."),
-    steps: int = typer.Option(150, help="Fine-tuning steps of the CycleGAN from the shipped model (the first 50 train only its discriminators)."),
+    steps: int = typer.Option(200, help="Fine-tuning steps of the CycleGAN from the shipped model (in the first quarter only its noise generator and discriminators learn)."),
     seed: int = typer.Option(0, help="Seed for data, splits and training."),
     device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
     quick: bool = typer.Option(False, "--quick", help="Reduced smoke run (tiny images, a few steps): checks the plumbing, not quality."),

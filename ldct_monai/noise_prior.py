@@ -1,0 +1,162 @@
+"""Where the CycleGAN's noise generator (``fd2ld: noise``) starts: the noise of the unpaired training slices.
+
+The physics of a dose reduction with filtered back-projection (``docs/simulator.md``): the added noise has
+the NPS *shape* of the full-dose image's own noise, and its variance is what low dose has beyond full dose,
+``sigma_LD^2 - sigma_FD^2``. Both are measured here on unpaired slices of the training split, per body
+part, with the simulator's flat-ROI estimator (``ldct_monai.synth.nps``: the quietest 10 % of detrended
+32 px soft-tissue ROIs). skimage's wavelet ``estimate_sigma`` would underestimate correlated CT noise.
+
+The measurement is only the start: the CycleGAN's discriminator on low dose then refines the level, the
+kernel and the HU dependence adversarially.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ldct_monai.schema import BODY_PARTS, Dose
+from ldct_monai.synth import nps
+from ldct_monai.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+SLICES_PER_PART = 6  # slices per body part and dose: enough flat ROIs for a level within ~10 %
+MIN_ADDED_SHARE = 0.1  # added noise is at least this share of the low-dose noise (a level must stay learnable)
+
+
+@dataclass
+class NoisePrior:
+    """Measured noise of the training split: HU levels per body part and the full-dose NPS (pooled).
+
+    ``levels`` maps a body-part index (``BODY_PARTS``, or ``len(BODY_PARTS)`` for all slices together) to
+    ``(sigma_LD, sigma_FD)`` in HU.
+    """
+
+    levels: dict[int, tuple[float, float]] = field(default_factory=dict)
+    freq: np.ndarray | None = None
+    fd_nps: np.ndarray | None = None
+
+    def added_std_hu(self, index: int) -> float:
+        """Std (HU) of the noise a dose reduction adds for body part ``index``: sqrt(sigma_LD^2 - sigma_FD^2)."""
+        ld, fd = self.levels[index]
+        return math.sqrt(max(ld * ld - fd * fd, (MIN_ADDED_SHARE * ld) ** 2))
+
+    def describe(self) -> str:
+        names = [*BODY_PARTS, "all"]
+        return "; ".join(f"{names[i]}: LD {ld:.1f} HU, FD {fd:.1f} HU -> adds {self.added_std_hu(i):.1f} HU"
+                         for i, (ld, fd) in sorted(self.levels.items()))
+
+
+def kernel_from_nps(freq: np.ndarray, spectrum: np.ndarray, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` filter whose output, for white input, has the radial NPS ``spectrum`` (shape only).
+
+    The amplitude response is sqrt(NPS) on a 64-point frequency grid (radially interpolated); its inverse
+    FFT, centred and cropped to ``size``, is the kernel (real and symmetric, as the response is).
+    """
+    n = 64
+    f = np.fft.fftfreq(n)
+    radius = np.hypot(f[:, None], f[None, :])
+    amp = np.sqrt(np.clip(np.interp(radius, freq, np.nan_to_num(spectrum), right=0.0), 0.0, None))
+    k = np.fft.fftshift(np.real(np.fft.ifft2(amp)))
+    c, h = n // 2, size // 2
+    k = k[c - h : c + h + 1, c - h : c + h + 1]
+    norm = np.linalg.norm(k)
+    if not np.isfinite(norm) or norm <= 0:
+        k = np.zeros((size, size))
+        k[h, h] = 1.0
+        return k
+    return k / norm
+
+
+def _measure(images: list[np.ndarray]) -> nps.NoiseMeasurement | None:
+    if not images:
+        return None
+    m = nps.measure(images, nps.select_rois(images))
+    return m if math.isfinite(m.std_hu) and m.n_rois > 0 else None
+
+
+def highpass_scale(images: list[np.ndarray]) -> float:
+    """Robust scale (HU) of the fine detail of ``images`` inside the body: 1.4826 MAD of ``image - blur_1px``.
+
+    Not a noise level (anatomy edges and the NPS shape enter it); what it is for is a *ratio*: low dose
+    over full dose, whose NPS shapes agree, gives sigma_LD / sigma_FD where low dose is too noisy for flat
+    ROIs (5 % dose chest: a smoothed copy leaves the soft-tissue HU range).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    values = []
+    for im in images:
+        im = np.asarray(im, np.float32)
+        smooth = gaussian_filter(im, 3.0)
+        values.append((im - gaussian_filter(im, 1.0))[(smooth > -300.0) & (smooth < 300.0)])
+    v = np.concatenate(values) if values else np.zeros(0)
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else float("nan")
+
+
+def measure_prior(manifest_dir: Path, config: TrainConfig, slices_per_part: int = SLICES_PER_PART) -> NoisePrior:
+    """The noise of up to ``slices_per_part`` evenly spaced train_ld and train_fd slices per body part."""
+    from ldct_monai.data import BODY_PART, split_records
+    from ldct_monai.schema import body_part_index
+    from ldct_monai.transforms import load_transforms
+
+    window = config.hu_window
+    images: dict[str, dict[int, list[np.ndarray]]] = {}
+    for key, split, dose in (("ld", "train_ld", Dose.LOW.value), ("fd", "train_fd", Dose.FULL.value)):
+        records = split_records(Path(manifest_dir), split, key, dose)
+        load = load_transforms([key], window)
+        by_part: dict[int, list[dict]] = {}
+        for rec in records:
+            by_part.setdefault(body_part_index(rec[BODY_PART]), []).append(rec)
+        images[key] = {}
+        for part, recs in by_part.items():
+            idx = np.unique(np.linspace(0, len(recs) - 1, min(slices_per_part, len(recs))).round().astype(int))
+            images[key][part] = [window.to_hu(load(recs[int(i)])[key].numpy()[0]) for i in idx]
+    prior = NoisePrior()
+    everything = {k: [im for part in v.values() for im in part] for k, v in images.items()}
+    for index, ld_imgs, fd_imgs in [(p, images["ld"].get(p, []), images["fd"].get(p, [])) for p in range(len(BODY_PARTS))] + [
+            (len(BODY_PARTS), everything["ld"], everything["fd"])]:
+        ld, fd = _measure(ld_imgs), _measure(fd_imgs)
+        if fd is None:
+            continue
+        if ld is not None:
+            prior.levels[index] = (ld.std_hu, fd.std_hu)
+        elif ld_imgs:  # too noisy for flat ROIs: scale the full-dose level by the ratio of fine detail
+            ratio = highpass_scale(ld_imgs) / highpass_scale(fd_imgs)
+            if math.isfinite(ratio) and ratio > 0:
+                prior.levels[index] = (ratio * fd.std_hu, fd.std_hu)
+    fd_all = _measure(everything["fd"])
+    if fd_all is not None:
+        prior.freq, prior.fd_nps = fd_all.freq, fd_all.nps
+    return prior
+
+
+def calibrate(generator, manifest_dir: Path, config: TrainConfig) -> NoisePrior:
+    """Start ``generator`` (a :class:`~ldct_monai.networks.NoiseGenerator`) at the measured prior; return it.
+
+    Body parts without a measurement start at the level of all slices together; with no flat tissue at all
+    the generator keeps its defaults (white noise, ``amplitude``) and a warning says so.
+    """
+    prior = measure_prior(manifest_dir, config)
+    unit = 2.0 / (config.hu_high - config.hu_low)  # HU -> network units
+    everything = len(BODY_PARTS)
+    if everything not in prior.levels:
+        log.warning("fd2ld noise: no flat soft tissue in the training slices to measure noise on; the noise "
+                    "generator starts white, at its default level.")
+        return prior
+    amps = {i: prior.added_std_hu(i if i in prior.levels else everything) * unit for i in range(everything + 1)}
+    kernel = None
+    if prior.fd_nps is not None:
+        import torch
+
+        kernel = torch.from_numpy(kernel_from_nps(prior.freq, prior.fd_nps, generator.kernel.shape[-1])).float()
+    generator.calibrate_(amps, kernel)
+    log.info("Noise generator starts from the training slices' noise: %s.", prior.describe())
+    return prior
+
+
+__all__ = ["NoisePrior", "measure_prior", "calibrate", "kernel_from_nps"]

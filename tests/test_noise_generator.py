@@ -1,0 +1,108 @@
+"""The CycleGAN's noise generator (``fd2ld: noise``): fresh noise of a measured level and NPS shape, and the
+training step that uses it (F learns from D_ld; G from the backward cycle, after its warm-up)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ldct_monai.errors import InputError
+from ldct_monai.networks import NoiseGenerator
+from ldct_monai.noise_prior import highpass_scale, kernel_from_nps, measure_prior
+from ldct_monai.synth import nps
+from ldct_monai.train_config import TrainConfig
+from train_fixtures import TINY, make_manifest, one_thread  # noqa: F401 (a fixture)
+
+
+def test_noise_generator_adds_fresh_noise_at_each_body_parts_level():
+    torch.manual_seed(0)
+    f = NoiseGenerator(n_parts=3, kernel_size=7).calibrate_({0: 0.02, 1: 0.05, 2: 0.01, 3: 0.03})
+    y = torch.zeros(4, 1, 64, 64)
+    parts = torch.tensor([0, 1, 2, -1])
+    with torch.no_grad():
+        a, b = f(y, parts), f(y, parts)
+    assert a.shape == y.shape and not torch.equal(a, b)  # a new draw each call
+    stds = (a - y).flatten(1).std(1)
+    assert torch.allclose(stds, torch.tensor([0.02, 0.05, 0.01, 0.03]), rtol=0.1)  # -1 = unknown = index 3
+    assert torch.allclose(f(y).sub(y).std(), torch.tensor(0.03), rtol=0.1)  # no body part: the unknown level
+    assert f(torch.ones(1, 1, 16, 16)).max() <= 1.0  # stays in the network's range
+
+
+def test_kernel_from_nps_gives_noise_of_that_shape():
+    """Noise coloured by the kernel of a measured NPS has its peak where the NPS has it (smooth vs sharp kernel)."""
+    freq = (np.arange(nps.N_BINS) + 0.5) / (2 * nps.N_BINS)
+    torch.manual_seed(0)
+    for peak in (0.15, 0.4):
+        spectrum = freq * np.exp(-0.5 * ((freq - peak) / 0.08) ** 2)
+        f = NoiseGenerator(n_parts=3, kernel_size=15).calibrate_({}, torch.from_numpy(kernel_from_nps(freq, spectrum, 15)))
+        with torch.no_grad():
+            noise = f.noise(torch.zeros(64, 1, nps.ROI_PX, nps.ROI_PX))[:, 0].double().numpy()
+        assert noise.std() == pytest.approx(1.0, rel=0.05)  # unit variance: the level is the amplitude alone
+        fr, measured = nps.radial_nps(noise)
+        assert nps.peak_frequency(fr, measured) == pytest.approx(peak, abs=0.06)
+
+
+def test_highpass_ratio_follows_the_noise_ratio():
+    rng = np.random.default_rng(0)
+    img = np.full((96, 96), 40.0)
+    low = [img + 90.0 * rng.standard_normal(img.shape) for _ in range(2)]
+    full = [img + 30.0 * rng.standard_normal(img.shape) for _ in range(2)]
+    assert highpass_scale(low) / highpass_scale(full) == pytest.approx(3.0, rel=0.05)
+
+
+def test_prior_measures_the_added_noise_of_the_training_split(tmp_path):
+    """On the fixture (LD 45 HU, FD 12 HU) the prior adds sqrt(45^2 - 12^2) = 43 HU."""
+    man = make_manifest(tmp_path, size=192, slices=3, fd_sigma=12.0, ld_sigma=45.0)
+    prior = measure_prior(man, TrainConfig())
+    ld, fd = prior.levels[3]  # all slices (the fixture has no body part column values of its own)
+    assert fd == pytest.approx(12.0, rel=0.25) and ld == pytest.approx(45.0, rel=0.25)
+    assert prior.added_std_hu(3) == pytest.approx(np.sqrt(ld**2 - fd**2))
+    assert prior.fd_nps is not None and np.isfinite(prior.fd_nps).all()
+
+
+def test_noise_mode_refuses_identity_terms():
+    with pytest.raises(InputError, match="identity"):
+        TrainConfig(fd2ld="noise")  # lambda_identity defaults to 5
+    TrainConfig(fd2ld="noise", lambda_identity=0.0)
+
+
+def test_noise_cyclegan_keeps_g_during_its_warm_up_and_f_learns(tmp_path, one_thread):
+    from ldct_monai.data import UnpairedBatches, split_records
+    from ldct_monai.engine import CycleGAN
+
+    man = make_manifest(tmp_path, size=96, slices=3)
+    cfg = TrainConfig.from_dict({**TINY, "manifest": str(man), "out": "unused", "fd2ld": "noise", "lambda_identity": 0.0,
+                                 "lambda_adv_fd": 0.0, "d_warmup_steps": 1, "ld2fd_warmup_steps": 3, "lr": 1e-2})
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
+    assert isinstance(model.gens.fd2ld, NoiseGenerator)
+    level0 = model.gens.fd2ld.log_amplitude.detach().exp() * 4095 / 2  # calibrated from the training slices (HU)
+    prior = measure_prior(man, cfg)
+    assert float(level0[1]) == pytest.approx(prior.added_std_hu(1), rel=1e-4)  # the fixture is all abdomen (L)
+    assert float(level0[0]) == pytest.approx(prior.added_std_hu(3), rel=1e-4)  # no chest: the level of all slices
+    batches = UnpairedBatches(cfg, split_records(man, "train_ld", "ld", "low"), split_records(man, "train_fd", "fd", "full"))
+    batch = next(iter(batches.epoch(0)))
+    snap = lambda m: {k: v.clone() for k, v in m.state_dict().items()}  # noqa: E731
+    g0, f0 = snap(model.gens.ld2fd), snap(model.gens.fd2ld)
+    for _ in range(3):
+        assert torch.isfinite(model.train_step(*batch)).all()
+    assert all(torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())  # G kept its start
+    assert any(not torch.equal(f0[k], v) for k, v in model.gens.fd2ld.state_dict().items())  # F learnt from D_ld
+    model.train_step(*batch)
+    assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())  # then G learns
+
+
+def test_noise_cyclegan_resumes_exactly(tmp_path, one_thread):
+    """F draws fresh noise every step (global torch RNG, saved in checkpoints): 3 + 3 steps == 6 steps."""
+    from ldct_monai.engine import train
+    from ldct_monai.modelio import load_model
+
+    man = make_manifest(tmp_path, size=48, slices=3)
+    kw = {**TINY, "manifest": str(man), "fd2ld": "noise", "lambda_identity": 0.0, "ld2fd_warmup_steps": 2,
+          "total_steps": 6, "val_every": 3, "checkpoint_every": 3}
+    whole = train(TrainConfig.from_dict({**kw, "out": str(tmp_path / "whole")}))
+    part = TrainConfig.from_dict({**kw, "out": str(tmp_path / "part"), "max_steps": 3})
+    train(part)
+    train(part.replace(max_steps=0, resume=True))
+    a, b = load_model(whole).generator.state_dict(), load_model(tmp_path / "part").generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
