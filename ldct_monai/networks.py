@@ -150,22 +150,23 @@ def make_discriminator(in_channels: int = 1, ndf: int = 64, n_layers: int = 3, n
 
 
 class NoiseGenerator(nn.Module):
-    """The CycleGAN's FD -> LD generator as a dose reduction: ``F(y) = y + a(y) * (k * z)``, z white Gaussian.
+    """The CycleGAN's FD -> LD generator as a dose reduction: ``F(y) = y + a(y) * (k_b * z)``, z white Gaussian.
 
     With filtered back-projection, lowering the dose adds noise whose NPS has the shape of the full-dose
     image's own noise (``docs/simulator.md``). So F adds fresh noise instead of transforming ``y``: ``z`` is
-    drawn anew at every call and coloured by the learnt kernel ``k`` (normalised to unit L2 norm, so
-    ``k * z`` has unit variance and ``a`` alone sets the level). ``a(y)`` is a learnt level per body part
-    (C/L/N and one for unknown) times ``exp(local(y))``, a small convolution of ``y`` whose last layer starts
-    at zero: noise may grow in dense regions and vanish in air, as photon counts say.
+    drawn anew at every call and coloured by the learnt kernel ``k_b`` of the image's body part ``b``
+    (body parts are scanned with different reconstruction kernels; each ``k_b`` is normalised to unit L2
+    norm, so ``k_b * z`` has unit variance and ``a`` alone sets the level). ``a(y)`` is a learnt level per
+    body part times ``exp(local(y))``, a small convolution of ``y`` whose last layer starts at zero: noise
+    may grow in dense regions and vanish in air, as photon counts say. Index ``n_parts`` is "unknown".
 
     Why not the ResNet F of Zhu et al.? A deterministic F can only re-use the noise already in ``y``; the
     backward cycle ``G(F(y)) ~ y`` then teaches G to keep it. With fresh noise that cycle is supervised
-    learning on realistic pairs, and F has ~ 300 parameters an adversarial loss can set in a few hundred steps.
+    learning on realistic pairs, and F has ~ 1 000 parameters an adversarial loss can set in a few hundred steps.
 
     Args:
-        n_parts: known body parts (``len(BODY_PARTS)``); index ``n_parts`` is "unknown".
-        kernel_size: side of ``k`` in pixels (odd).
+        n_parts: known body parts (``len(BODY_PARTS)``).
+        kernel_size: side of each ``k_b`` in pixels (odd).
         amplitude: starting level (network units) for every body part.
     """
 
@@ -176,43 +177,48 @@ class NoiseGenerator(nn.Module):
         if amplitude <= 0:
             raise ValueError(f"amplitude must be > 0, found {amplitude}.")
         self.n_parts = int(n_parts)
-        delta = torch.zeros(1, 1, kernel_size, kernel_size)
-        delta[0, 0, kernel_size // 2, kernel_size // 2] = 1.0  # white noise until calibrated
+        delta = torch.zeros(self.n_parts + 1, 1, kernel_size, kernel_size)
+        delta[:, 0, kernel_size // 2, kernel_size // 2] = 1.0  # white noise until calibrated
         self.kernel = nn.Parameter(delta)
-        self.log_amplitude = nn.Parameter(torch.full((self.n_parts + 1,), float(torch.tensor(amplitude).log())))
+        self.log_amplitude = nn.Parameter(torch.full((self.n_parts + 1,), math.log(amplitude)))
         self.local = nn.Sequential(nn.Conv2d(1, 8, 5, padding=2, padding_mode="reflect"), nn.Tanh(), nn.Conv2d(8, 1, 1))
         nn.init.zeros_(self.local[2].weight)
         nn.init.zeros_(self.local[2].bias)
 
     @torch.no_grad()
-    def calibrate_(self, amplitudes: dict[int, float], kernel: torch.Tensor | None = None) -> NoiseGenerator:
-        """Set the starting levels (network units) per body-part index, and the kernel (any scale)."""
+    def calibrate_(self, amplitudes: dict[int, float], kernels: dict[int, torch.Tensor] | None = None) -> NoiseGenerator:
+        """Set the starting levels (network units) and kernels (any scale) per body-part index."""
         for index, amp in amplitudes.items():
             self.log_amplitude[int(index)] = math.log(max(float(amp), 1e-6))
-        if kernel is not None:
+        for index, kernel in (kernels or {}).items():
             k = torch.as_tensor(kernel, dtype=self.kernel.dtype)
             if k.shape != self.kernel.shape[-2:]:
                 raise ValueError(f"kernel must be {tuple(self.kernel.shape[-2:])}, found {tuple(k.shape)}.")
-            self.kernel.copy_(k[None, None] / k.norm())
+            self.kernel[int(index), 0] = k / k.norm()
         return self
 
-    def noise(self, like: torch.Tensor) -> torch.Tensor:
-        """Unit-variance noise shaped like ``like`` (B, 1, H, W), coloured by the kernel (global torch RNG)."""
-        k = self.kernel / self.kernel.norm().clamp_min(1e-12)
-        p = k.shape[-1] // 2
-        z = torch.randn(like.shape[0], 1, like.shape[-2] + 2 * p, like.shape[-1] + 2 * p, device=like.device,
-                        dtype=like.dtype)
-        return nn.functional.conv2d(z, k.to(like.dtype))
+    def _index(self, like: torch.Tensor, body_part: torch.Tensor | None) -> torch.Tensor:
+        if body_part is None:
+            return torch.full((like.shape[0],), self.n_parts, dtype=torch.long, device=like.device)
+        bp = body_part.to(like.device).view(-1).long()
+        return torch.where(bp >= 0, bp, torch.full_like(bp, self.n_parts))
+
+    def noise(self, like: torch.Tensor, body_part: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-variance noise shaped like ``like`` (B, 1, H, W), each image coloured by its body part's kernel
+        (draws from the global torch RNG)."""
+        k = (self.kernel / self.kernel.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]).to(like.dtype)
+        p, b = k.shape[-1] // 2, like.shape[0]
+        z = torch.randn(b, 1, like.shape[-2] + 2 * p, like.shape[-1] + 2 * p, device=like.device, dtype=like.dtype)
+        # Every kernel on every image, then each image's own: a plain convolution is far faster on CPU than
+        # a grouped one with a kernel per image (measured 0.6 s per 16 patches forward + backward).
+        all_parts = nn.functional.conv2d(z, k)  # (B, n_parts + 1, H, W)
+        index = self._index(like, body_part).view(-1, 1, 1, 1).expand(-1, 1, *all_parts.shape[-2:])
+        return torch.gather(all_parts, 1, index)
 
     def amplitude(self, fd: torch.Tensor, body_part: torch.Tensor | None = None) -> torch.Tensor:
         """The noise level map a(y) (B, 1, H, W), network units."""
-        if body_part is None:
-            idx = torch.full((fd.shape[0],), self.n_parts, dtype=torch.long, device=fd.device)
-        else:
-            bp = body_part.to(fd.device).view(-1).long()
-            idx = torch.where(bp >= 0, bp, torch.full_like(bp, self.n_parts))
-        level = self.log_amplitude[idx].exp().view(-1, 1, 1, 1).to(fd.dtype)
+        level = self.log_amplitude[self._index(fd, body_part)].exp().view(-1, 1, 1, 1).to(fd.dtype)
         return level * torch.exp(self.local(fd).clamp(-2.0, 2.0))
 
     def forward(self, fd: torch.Tensor, body_part: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.clamp(fd + self.amplitude(fd, body_part) * self.noise(fd), -1.0, 1.0)
+        return torch.clamp(fd + self.amplitude(fd, body_part) * self.noise(fd, body_part), -1.0, 1.0)

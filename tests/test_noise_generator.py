@@ -29,15 +29,18 @@ def test_noise_generator_adds_fresh_noise_at_each_body_parts_level():
     assert f(torch.ones(1, 1, 16, 16)).max() <= 1.0  # stays in the network's range
 
 
-def test_kernel_from_nps_gives_noise_of_that_shape():
-    """Noise coloured by the kernel of a measured NPS has its peak where the NPS has it (smooth vs sharp kernel)."""
+def test_each_body_part_gets_noise_of_its_own_nps_shape():
+    """Kernels from two measured NPS (a smooth kernel's peak at 0.15, a sharp one's at 0.4 cycles/pixel),
+    one per body part: each body part's noise peaks where its NPS does, at unit variance."""
     freq = (np.arange(nps.N_BINS) + 0.5) / (2 * nps.N_BINS)
+    peaks = {0: 0.4, 1: 0.15}
+    kernels = {i: torch.from_numpy(kernel_from_nps(freq, freq * np.exp(-0.5 * ((freq - pk) / 0.08) ** 2), 15))
+               for i, pk in peaks.items()}
+    f = NoiseGenerator(n_parts=3, kernel_size=15).calibrate_({}, kernels)
     torch.manual_seed(0)
-    for peak in (0.15, 0.4):
-        spectrum = freq * np.exp(-0.5 * ((freq - peak) / 0.08) ** 2)
-        f = NoiseGenerator(n_parts=3, kernel_size=15).calibrate_({}, torch.from_numpy(kernel_from_nps(freq, spectrum, 15)))
+    for part, peak in peaks.items():
         with torch.no_grad():
-            noise = f.noise(torch.zeros(64, 1, nps.ROI_PX, nps.ROI_PX))[:, 0].double().numpy()
+            noise = f.noise(torch.zeros(64, 1, nps.ROI_PX, nps.ROI_PX), torch.full((64,), part))[:, 0].double().numpy()
         assert noise.std() == pytest.approx(1.0, rel=0.05)  # unit variance: the level is the amplitude alone
         fr, measured = nps.radial_nps(noise)
         assert nps.peak_frequency(fr, measured) == pytest.approx(peak, abs=0.06)
@@ -58,7 +61,7 @@ def test_prior_measures_the_added_noise_of_the_training_split(tmp_path):
     ld, fd = prior.levels[3]  # all slices (the fixture has no body part column values of its own)
     assert fd == pytest.approx(12.0, rel=0.25) and ld == pytest.approx(45.0, rel=0.25)
     assert prior.added_std_hu(3) == pytest.approx(np.sqrt(ld**2 - fd**2))
-    assert prior.fd_nps is not None and np.isfinite(prior.fd_nps).all()
+    assert set(prior.fd_nps) == {1, 3} and all(np.isfinite(v).all() for v in prior.fd_nps.values())
 
 
 def test_noise_mode_refuses_identity_terms():
