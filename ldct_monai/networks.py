@@ -162,7 +162,7 @@ class NoiseGenerator(nn.Module):
 
     Why not the ResNet F of Zhu et al.? A deterministic F can only re-use the noise already in ``y``; the
     backward cycle ``G(F(y)) ~ y`` then teaches G to keep it. With fresh noise that cycle is supervised
-    learning on realistic pairs, and F has ~ 1 000 parameters an adversarial loss can set in a few hundred steps.
+    learning on realistic pairs, and F has ~ 1 100 parameters an adversarial loss can set in a few hundred steps.
 
     Args:
         n_parts: known body parts (``len(BODY_PARTS)``).

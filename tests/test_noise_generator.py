@@ -109,3 +109,23 @@ def test_noise_cyclegan_resumes_exactly(tmp_path, one_thread):
     train(part.replace(max_steps=0, resume=True))
     a, b = load_model(whole).generator.state_dict(), load_model(tmp_path / "part").generator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_noise_lr_zero_keeps_f_at_its_measurement(tmp_path, one_thread):
+    """The cpu-finetune preset's setting: F stays where the measurement put it; G still learns from the cycle."""
+    from ldct_monai.data import UnpairedBatches, split_records
+    from ldct_monai.engine import CycleGAN
+
+    man = make_manifest(tmp_path, size=48, slices=2)
+    cfg = TrainConfig.from_dict({**TINY, "manifest": str(man), "out": "unused", "fd2ld": "noise", "lambda_identity": 0.0,
+                                 "lambda_adv_fd": 0.0, "noise_lr": 0.0, "lr": 1e-2})
+    assert TrainConfig.from_preset("cpu-finetune").noise_lr == 0.0
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
+    batch = next(iter(UnpairedBatches(cfg, split_records(man, "train_ld", "ld", "low"),
+                                      split_records(man, "train_fd", "fd", "full")).epoch(0)))
+    f0 = {k: v.clone() for k, v in model.gens.fd2ld.state_dict().items()}
+    g0 = {k: v.clone() for k, v in model.gens.ld2fd.state_dict().items()}
+    for _ in range(2):
+        model.train_step(*batch)
+    assert all(torch.equal(f0[k], v) for k, v in model.gens.fd2ld.state_dict().items())
+    assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())
