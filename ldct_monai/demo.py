@@ -53,10 +53,8 @@ class DemoConfig:
         extra: dict = {"seed": self.seed, "device": self.device,
                        "precision": resolve_precision(self.precision, self.device) if not self.quick else "fp32",
                        "model_select": self.model_select}
-        if self.steps is not None:
-            extra["total_steps"] = self.steps
         if self.steps is not None:  # eight validation points on the curve, whatever the length; warm-ups in proportion
-            extra.update(val_every=max(1, self.steps // 8), checkpoint_every=max(1, self.steps // 2),
+            extra.update(total_steps=self.steps, val_every=max(1, self.steps // 8), checkpoint_every=max(1, self.steps // 2),
                          d_warmup_steps=self.steps // 16, ld2fd_warmup_steps=self.steps // 4)
         if self.quick:  # a tiny generator from scratch: the shipped model's architecture would not fit
             extra.update(patch_size=32, ngf=4, n_blocks=1, ndf=4, val_every=max(1, self.steps), checkpoint_every=max(1, self.steps),

@@ -126,9 +126,9 @@ def measure_prior(manifest_dir: Path, config: TrainConfig, slices_per_part: int 
             idx = np.unique(np.linspace(0, len(recs) - 1, min(slices_per_part, len(recs))).round().astype(int))
             images[key][part] = [window.to_hu(load(recs[int(i)])[key].numpy()[0]) for i in idx]
     prior = NoisePrior()
-    everything = {k: [im for part in v.values() for im in part] for k, v in images.items()}
-    for index, ld_imgs, fd_imgs in [(p, images["ld"].get(p, []), images["fd"].get(p, [])) for p in range(len(BODY_PARTS))] + [
-            (len(BODY_PARTS), everything["ld"], everything["fd"])]:
+    groups = {p: (images["ld"].get(p, []), images["fd"].get(p, [])) for p in range(len(BODY_PARTS))}
+    groups[len(BODY_PARTS)] = tuple([im for part in images[k].values() for im in part] for k in ("ld", "fd"))
+    for index, (ld_imgs, fd_imgs) in groups.items():
         fd = _measure(fd_imgs)
         if fd is None:
             continue
@@ -156,11 +156,12 @@ def calibrate(generator, manifest_dir: Path, config: TrainConfig) -> NoisePrior:
         return prior
     import torch
 
-    amps = {i: prior.added_std_hu(i if i in prior.levels else everything) * unit for i in range(everything + 1)}
-    size = generator.kernel.shape[-1]
-    kernels = {i: torch.from_numpy(kernel_from_nps(prior.freq, prior.fd_nps[i if i in prior.fd_nps else everything],
-                                                   size)).float()
-               for i in range(everything + 1) if (i in prior.fd_nps or everything in prior.fd_nps)}
+    # a level of all slices implies their NPS: body parts without their own use those of all slices
+    amps, kernels = {}, {}
+    for i in range(everything + 1):
+        amps[i] = prior.added_std_hu(i if i in prior.levels else everything) * unit
+        spectrum = prior.fd_nps.get(i, prior.fd_nps[everything])
+        kernels[i] = torch.from_numpy(kernel_from_nps(prior.freq, spectrum, generator.kernel.shape[-1])).float()
     generator.calibrate_(amps, kernels)
     log.info("Noise generator starts from the training slices' noise: %s.", prior.describe())
     return prior
