@@ -135,3 +135,36 @@ def test_from_tree_makes_a_tree_build_manifest_reads(real_ct, real_ct_lidc, tmp_
     assert (man / "splits.json").exists()
     res = runner.invoke(app, ["synth", str(tmp_path / "t2"), "--from-tree", str(src), "--from-series", str(src)])
     assert res.exit_code == 1 and "exclude" in res.output
+
+
+def test_sharpen_emulates_a_sharper_kernel_for_both_doses(real_ct_lidc, tmp_path):
+    """--sharpen: the full dose becomes a derived, sharper image (higher NPS peak, more noise, same mean HU),
+    and the simulated low dose is calibrated on it; the source files are untouched."""
+    src = tmp_path / "src"
+    src.mkdir()
+    real_ct_lidc.rename(src / "lidc")
+    before = {f: f.read_bytes() for f in sorted((src / "lidc").glob("*.dcm"))}
+    runner = CliRunner()
+    plain, sharp = tmp_path / "plain", tmp_path / "sharp"
+    for out, extra in ((plain, []), (sharp, ["--sharpen", "1.5"])):
+        res = runner.invoke(app, ["synth", str(out), "--from-tree", str(src), "--body-part", "C", "--views", "128",
+                                  "-q", *extra])
+        assert res.exit_code == 0, res.output
+    assert {f: f.read_bytes() for f in before} == before
+    fd_plain = sorted(plain.glob("C001/*/*Full Dose Images*/*.dcm"))
+    fd_sharp = sorted(sharp.glob("C001/*/*Full Dose Images*/*.dcm"))
+    a, b = pydicom.dcmread(fd_plain[0]), pydicom.dcmread(fd_sharp[0])
+    assert a.SOPInstanceUID in {pydicom.dcmread(f).SOPInstanceUID for f in before}  # a plain copy keeps its identity
+    assert b.SOPInstanceUID != a.SOPInstanceUID and b.SeriesInstanceUID != a.SeriesInstanceUID
+    assert b.ImageType[0] == "DERIVED" and "gain 1.5" in b.DerivationDescription
+    assert b.SourceImageSequence[0].ReferencedSOPInstanceUID == a.SOPInstanceUID
+    hu = lambda ds: ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)  # noqa: E731
+    smooth = gaussian_filter(hu(a), 4)
+    soft = (smooth > 0) & (smooth < 100)  # soft tissue away from edges
+    assert abs(float((hu(b) - hu(a))[soft].mean())) < 3  # zero-frequency gain 1: no HU shift
+    ca = [nps.measure([hu(pydicom.dcmread(f)) for f in fds], nps.select_rois([hu(pydicom.dcmread(f)) for f in fd_plain]))
+          for fds in (fd_plain, fd_sharp)]
+    assert ca[1].std_hu > 1.5 * ca[0].std_hu
+    assert ca[1].peak_frequency > ca[0].peak_frequency + 0.05
+    res = runner.invoke(app, ["synth", str(tmp_path / "x"), "--patients", "1", "--sharpen", "1"])
+    assert res.exit_code == 1 and "--from-tree" in res.output

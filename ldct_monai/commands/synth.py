@@ -49,6 +49,10 @@ def synth(
         0, "--slab-slices", help="With --from-tree: cut each series into slabs of this many slices, one patient each "
         "(more patients for splits when there are few real series)."
     ),
+    sharpen: float = typer.Option(
+        0.0, "--sharpen", help="With --from-tree: emulate a sharper reconstruction kernel by unsharp-masking the "
+        "full-dose images with this gain (1 + gain at high frequency) before the low dose is simulated (default 0: off)."
+    ),
     electronic_noise: float | None = typer.Option(
         None, "--electronic-noise", help="With --from-series / --from-tree: electronic noise std, photons per ray at "
         "the reference sampling (default 0: off; the phantom trees use 2.5)."
@@ -70,12 +74,14 @@ def synth(
     fraction, per_part = _parse_fractions(dose_fraction)
     if from_series is not None and from_tree is not None:
         raise InputError("--from-series and --from-tree exclude each other: give one.")
+    if sharpen and from_tree is None:
+        raise InputError("--sharpen needs --from-tree (it sharpens the real full-dose images).")
     if from_series is not None or from_tree is not None:
         if per_part:
             raise InputError("--dose-fraction with --from-series / --from-tree takes one value, not per-body-part values.")
         if from_tree is not None:
             _from_tree(from_tree, out_dir, body_part, fraction, kernel or "auto", electronic_noise, seed, views,
-                       slab_slices, overwrite, quiet)
+                       slab_slices, sharpen, overwrite, quiet)
             return
         summary = simulate_low_dose_series(
             from_series, out_dir, dose_fraction=fraction, body_part=body_part, kernel=kernel or "auto",
@@ -132,8 +138,8 @@ def _parse_fractions(text: str | None) -> tuple[float | None, tuple[tuple[str, f
 
 
 def _from_tree(source: Path, out_dir: Path, body_part: str | None, fraction: float | None, kernel: str,
-               electronic_noise: float | None, seed: int, views: int | None, slab_slices: int, overwrite: bool,
-               quiet: bool) -> None:
+               electronic_noise: float | None, seed: int, views: int | None, slab_slices: int, sharpen: float,
+               overwrite: bool, quiet: bool) -> None:
     from rich.table import Table
 
     from ldct_monai.progress import console
@@ -141,7 +147,7 @@ def _from_tree(source: Path, out_dir: Path, body_part: str | None, fraction: flo
 
     summary = synth_from_tree(source, out_dir, body_part=body_part, dose_fraction=fraction, kernel=kernel,
                               electronic_noise=electronic_noise, seed=seed, n_views=views, slab_slices=slab_slices,
-                              overwrite=overwrite,
+                              sharpen=sharpen, overwrite=overwrite,
                               progress=not quiet)
     table = Table(title=f"{summary['files']} files, {len(summary['patients'])} patients in {summary['out_dir']} "
                         f"({summary['seconds']:.1f} s)")

@@ -340,22 +340,8 @@ def _write_low_dose_slice(sl, noise: np.ndarray, folder: Path, *, seed: int, fra
     from ldct_monai.dicom.create import write_dataset
     from ldct_monai.dicom.writer import derive_twin_slice
 
-    ds, stored, pad = sl.dataset, sl.stored, sl.padding
-    hu = sl.hu.astype(np.float32)
-    pm = np.zeros(stored.shape, bool) if pad is None else pad
-    ld = hu + np.where(pm, 0.0, noise)
-    # never below the darkest real pixel or -1024 HU, so noise cannot turn air into padding
-    floor_hu = min(float(hu[~pm].min()) if (~pm).any() else -1024.0, -1024.0)
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    signed = int(ds.PixelRepresentation) == 1
-    bits = int(getattr(ds, "BitsStored", 16) or 16)
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    values = np.clip(np.rint((np.maximum(ld, floor_hu) - intercept) / slope), lo, hi)
-    pad_value = getattr(ds, "PixelPaddingValue", None)
-    if pad_value is not None:  # a real pixel must not turn into padding
-        values = np.where(values == int(pad_value), int(pad_value) + (1 if int(pad_value) < hi else -1), values)
-    values = np.where(pm, stored, values).astype(np.int16 if signed else np.uint16)
+    ds = sl.dataset
+    values = encode_added_hu(sl, noise)
     ir = f", {info.iterative} source" if info.iterative else ""
     new = derive_twin_slice(
         ds, values,
@@ -367,6 +353,30 @@ def _write_low_dose_slice(sl, noise: np.ndarray, folder: Path, *, seed: int, fra
         dose_fraction=fraction,
     )
     write_dataset(new, folder / Path(ds.filename).name)
+
+
+def encode_added_hu(sl, added: np.ndarray) -> np.ndarray:
+    """Stored values of a decoded slice's HU plus ``added`` (HU), in the slice's own pixel representation.
+
+    Padding pixels keep their stored values; real pixels stay at or above the darkest real pixel (or
+    -1024 HU), never take the padding value, and are clipped to the stored bit range.
+    """
+    ds, stored, pad = sl.dataset, sl.stored, sl.padding
+    hu = sl.hu.astype(np.float32)
+    pm = np.zeros(stored.shape, bool) if pad is None else pad
+    new = hu + np.where(pm, 0.0, added)
+    # never below the darkest real pixel or -1024 HU, so noise cannot turn air into padding
+    floor_hu = min(float(hu[~pm].min()) if (~pm).any() else -1024.0, -1024.0)
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    signed = int(ds.PixelRepresentation) == 1
+    bits = int(getattr(ds, "BitsStored", 16) or 16)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    values = np.clip(np.rint((np.maximum(new, floor_hu) - intercept) / slope), lo, hi)
+    pad_value = getattr(ds, "PixelPaddingValue", None)
+    if pad_value is not None:  # a real pixel must not turn into padding
+        values = np.where(values == int(pad_value), int(pad_value) + (1 if int(pad_value) < hi else -1), values)
+    return np.where(pm, stored, values).astype(np.int16 if signed else np.uint16)
 
 
 def _body_part(ds, option: str | None, series_dir: Path) -> BodyPart:

@@ -21,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ldct_monai.errors import InputError
 from ldct_monai.schema import BodyPart
 
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FULL_DOSE_DESCRIPTION = "Full Dose Images"
 LOW_DOSE_DESCRIPTION = "Low Dose Images"
+SHARPEN_SIGMA_PX = 1.0  # the unsharp mask's Gaussian (--sharpen): gain 1 + g at high frequency, ~1 + 0.4 g at 0.15
 
 
 def parse_body_parts(text: str | None) -> tuple[str | None, dict[str, str]]:
@@ -60,6 +63,7 @@ def synth_from_tree(
     seed: int = 0,
     n_views: int | None = None,
     slab_slices: int = 0,
+    sharpen: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -76,6 +80,12 @@ def synth_from_tree(
             last slab), each its own patient with its own Study/Series Instance UIDs (derived from the source's):
             more patients for patient-disjoint splits when there are few real series, at the price that
             slabs of one series are not independent patients.
+        sharpen: > 0 emulates a sharper reconstruction kernel: the full-dose images are unsharp-masked,
+            ``FD + sharpen * (FD - G * FD)`` with a Gaussian ``G`` of :data:`SHARPEN_SIGMA_PX` pixels (FBP is
+            linear, so this is the series' kernel times the radial gain ``1 + sharpen (1 - exp(-2 pi^2 sigma^2
+            f^2))``: 1 at zero frequency, ``1 + sharpen`` at high frequency), written as a derived full-dose
+            series; the low dose is then simulated from the sharpened images, so both share the new texture.
+            At 1.5 the LIDC chest's noise peak moves from about 0.28 to 0.4 cycles/pixel.
         overwrite: replace an existing non-empty ``out_dir``.
         progress: progress bar over slices.
 
@@ -106,6 +116,8 @@ def synth_from_tree(
         raise InputError(f"{source}: no CT series found.")
     if slab_slices < 0:
         raise InputError(f"--slab-slices must be >= 0, found {slab_slices}.")
+    if not 0 <= sharpen <= 10:
+        raise InputError(f"--sharpen must be in [0, 10], found {sharpen}.")
     plan = []
     for summary in found:
         series = read_series(source, summary.series_instance_uid, warn_skipped=False)
@@ -136,7 +148,7 @@ def synth_from_tree(
             fd_dir = study / f"1.000000-{FULL_DOSE_DESCRIPTION}-{tag[::-1]}"
             ld_dir = study / f"1.000000-{LOW_DOSE_DESCRIPTION}-{tag[1:]}0"
             try:
-                _write_full_dose(series, fd_dir, pid, code, range(a, b), slab)
+                _write_full_dose(series, fd_dir, pid, code, range(a, b), slab, sharpen)
                 result = simulate_low_dose_series(
                     fd_dir, ld_dir, dose_fraction=dose_fraction, body_part=code, kernel=kernel,
                     electronic_noise=electronic_noise, seed=seed + counters[code], n_views=n_views, progress=False,
@@ -150,7 +162,7 @@ def synth_from_tree(
                 continue
             files += 2 * (b - a)
             patients.append({
-                "patient_id": pid, "source": rel, "body_part": code, "slices": b - a,
+                "patient_id": pid, "source": rel, "body_part": code, "slices": b - a, "sharpen": sharpen,
                 "dose_fraction": result["dose_fraction"], "kernel": result["kernel"],
                 "kernel_class": result["kernel_class"], "iterative": result["iterative"],
                 "texture": result["texture"], "noise_std_hu": result["noise_std_hu"],
@@ -164,17 +176,23 @@ def synth_from_tree(
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _write_full_dose(series, folder: Path, patient_id: str, code: str, indices: range, slab: int | None) -> None:
+def _write_full_dose(series, folder: Path, patient_id: str, code: str, indices: range, slab: int | None,
+                     sharpen: float = 0.0) -> None:
     """Copy (a slab of) a real series into the tree, relabelled for its layout; pixels and geometry unchanged.
 
     SOP Instance UIDs are kept; a slab gets Study / Series Instance UIDs of its own, derived from the source's.
+    With ``sharpen`` > 0 the pixels are unsharp-masked (:func:`sharpen_hu`) and each slice becomes a derived
+    image with new SOP / Series Instance UIDs that references its source slice.
     """
     from ldct_monai.dicom.create import make_uid, write_dataset
+    from ldct_monai.dicom.writer import derive_twin_slice
     from ldct_monai.schema import BODY_PART_EXAMINED
+    from ldct_monai.synth.from_series import encode_added_hu
 
     folder.mkdir(parents=True)
     for n, i in enumerate(indices):
-        ds = series.read_slice(i).dataset
+        sl = series.read_slice(i)
+        ds = sl.dataset
         ds.PatientID = patient_id
         ds.PatientName = patient_id
         ds.SeriesDescription = FULL_DOSE_DESCRIPTION
@@ -182,4 +200,28 @@ def _write_full_dose(series, folder: Path, patient_id: str, code: str, indices: 
         if slab is not None:
             ds.SeriesInstanceUID = make_uid("slab", series.series_instance_uid, slab)
             ds.StudyInstanceUID = make_uid("slab-study", str(ds.StudyInstanceUID), slab)
+        if sharpen > 0:
+            hu = sl.hu.astype(np.float32)
+            ds = derive_twin_slice(
+                ds, encode_added_hu(sl, sharpen_hu(hu, sl.padding, sharpen) - hu),
+                sop_instance_uid=make_uid("sharpen", str(ds.SOPInstanceUID), sharpen),
+                series_instance_uid=make_uid("sharpen", str(ds.SeriesInstanceUID), sharpen),
+                series_description=FULL_DOSE_DESCRIPTION,
+                derivation_description=(f"Sharper reconstruction kernel emulated by unsharp masking (gain {sharpen:g}, "
+                                        f"Gaussian sigma {SHARPEN_SIGMA_PX:g} px; ldct-monai synth --sharpen)"),
+                dose_fraction=1.0,
+            )
         write_dataset(ds, folder / f"1-{n + 1:03d}.dcm")
+
+
+def sharpen_hu(hu: np.ndarray, padding: np.ndarray | None, gain: float, sigma_px: float | None = None) -> np.ndarray:
+    """Unsharp mask ``hu + gain * (hu - G * hu)``; padding is excluded from the blur and keeps its values."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = SHARPEN_SIGMA_PX if sigma_px is None else sigma_px
+    hu = hu.astype(np.float32)
+    if padding is None or not padding.any():
+        return hu + gain * (hu - gaussian_filter(hu, sigma, mode="nearest"))
+    real = (~padding).astype(np.float32)
+    blurred = gaussian_filter(hu * real, sigma, mode="nearest") / np.maximum(gaussian_filter(real, sigma, mode="nearest"), 1e-6)
+    return np.where(padding, hu, hu + gain * (hu - blurred))
