@@ -149,6 +149,9 @@ def make_discriminator(in_channels: int = 1, ndf: int = 64, n_layers: int = 3, n
     )
 
 
+MIN_SOFT_SHARE = 0.05  # NoiseGenerator: an image needs this share of soft tissue to set its own noise level
+
+
 class NoiseGenerator(nn.Module):
     """The CycleGAN's FD -> LD generator as a dose reduction: ``F(y) = y + a(y) * (k_b * z)``, z white Gaussian.
 
@@ -159,6 +162,9 @@ class NoiseGenerator(nn.Module):
     norm, so ``k_b * z`` has unit variance and ``a`` alone sets the level). ``a(y)`` is a learnt level per
     body part times ``exp(local(y))``, a small convolution of ``y`` whose last layer starts at zero: noise
     may grow in dense regions and vanish in air, as photon counts say. Index ``n_parts`` is "unknown".
+    After :meth:`follow_image_noise_` (``noise_level: image``) the level also follows each image's own noise,
+    ``fine_scale(y)`` over its body part's reference: the FBP law ``sigma_add = sigma_FD sqrt(1/f - 1)`` per
+    image, for series whose noise differs (chest slabs of one patient: 48-120 HU at full dose).
 
     Why not the ResNet F of Zhu et al.? A deterministic F can only re-use the noise already in ``y``; the
     backward cycle ``G(F(y)) ~ y`` then teaches G to keep it. With fresh noise that cycle is supervised
@@ -172,6 +178,10 @@ class NoiseGenerator(nn.Module):
 
     def __init__(self, n_parts: int = 3, kernel_size: int = 15, amplitude: float = 0.01) -> None:
         super().__init__()
+        # per-image level (noise_level: image): a(y) also scales with fine_scale(y) / reference_scale[b];
+        # a reference of 0 (the default) keeps one level per body part
+        self.register_buffer("reference_scale", torch.zeros(int(n_parts) + 1))
+        self.register_buffer("soft_range", torch.tensor([-1.0, 1.0]))
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, found {kernel_size}.")
         if amplitude <= 0:
@@ -197,6 +207,42 @@ class NoiseGenerator(nn.Module):
             self.kernel[int(index), 0] = k / k.norm()
         return self
 
+    @torch.no_grad()
+    def follow_image_noise_(self, reference: dict[int, float], soft_range: tuple[float, float]) -> NoiseGenerator:
+        """Scale each image's level by its own fine-detail noise: ``fine_scale(y) / reference[b]``.
+
+        ``reference`` maps body-part indices to the median :meth:`fine_scale` of their full-dose slices;
+        ``soft_range`` is the soft-tissue range (network units) where it is measured.
+        """
+        for index, value in reference.items():
+            self.reference_scale[int(index)] = float(value)
+        self.soft_range.copy_(torch.tensor([float(soft_range[0]), float(soft_range[1])]))
+        return self
+
+    @torch.no_grad()
+    def fine_scale(self, fd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean absolute fine detail ``|y - blur_1px(y)|`` in each image's smooth soft tissue, and its pixel share.
+
+        A noise level up to a factor the NPS shape sets (fixed per body part, so the ratio to the part's
+        reference is the ratio of noise levels). Returns ``(scale, share)``, each (B,).
+        """
+        x = fd.float()
+        g = torch.exp(-torch.arange(-2, 3, dtype=torch.float32, device=x.device) ** 2 / 2.0)
+        g = (g / g.sum()).view(1, 1, 1, 5)
+        blur = nn.functional.conv2d(nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), g), g.transpose(-1, -2))
+        smooth = nn.functional.avg_pool2d(nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"), 7, stride=1)
+        mask = ((smooth > self.soft_range[0]) & (smooth < self.soft_range[1])).float()
+        count = mask.flatten(1).sum(1)
+        scale = ((x - blur).abs() * mask).flatten(1).sum(1) / count.clamp_min(1.0)
+        return scale, count / mask[0].numel()
+
+    def _image_factor(self, fd: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Per image ``fine_scale / reference`` (clamped to [1/4, 4]); 1 without a reference or soft tissue."""
+        ref = self.reference_scale[index]
+        scale, share = self.fine_scale(fd)
+        ok = (ref > 0) & (share >= MIN_SOFT_SHARE)
+        return torch.where(ok, (scale / ref.clamp_min(1e-12)).clamp(0.25, 4.0), torch.ones_like(scale))
+
     def _index(self, like: torch.Tensor, body_part: torch.Tensor | None) -> torch.Tensor:
         if body_part is None:
             return torch.full((like.shape[0],), self.n_parts, dtype=torch.long, device=like.device)
@@ -217,8 +263,11 @@ class NoiseGenerator(nn.Module):
 
     def amplitude(self, fd: torch.Tensor, body_part: torch.Tensor | None = None) -> torch.Tensor:
         """The noise level map a(y) (B, 1, H, W), network units."""
-        level = self.log_amplitude[self._index(fd, body_part)].exp().view(-1, 1, 1, 1).to(fd.dtype)
-        return level * torch.exp(self.local(fd).clamp(-2.0, 2.0))
+        index = self._index(fd, body_part)
+        level = self.log_amplitude[index].exp()
+        if bool((self.reference_scale > 0).any()):
+            level = level * self._image_factor(fd, index)
+        return level.view(-1, 1, 1, 1).to(fd.dtype) * torch.exp(self.local(fd).clamp(-2.0, 2.0))
 
     def forward(self, fd: torch.Tensor, body_part: torch.Tensor | None = None) -> torch.Tensor:
         return torch.clamp(fd + self.amplitude(fd, body_part) * self.noise(fd, body_part), -1.0, 1.0)

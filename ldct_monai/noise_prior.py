@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldct_monai.networks import MIN_SOFT_SHARE
 from ldct_monai.schema import BODY_PARTS, Dose
 from ldct_monai.synth import nps
 from ldct_monai.train_config import TrainConfig
@@ -33,6 +34,7 @@ from ldct_monai.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 SLICES_PER_PART = 6  # slices per body part and dose: enough flat ROIs for a level within ~10 %
+SOFT_TISSUE_HU = (-300.0, 300.0)  # where fine detail measures noise (noise_level: image), as highpass_scale
 MIN_ADDED_SHARE = 0.1  # added noise is at least this share of the low-dose noise (a level must stay learnable)
 
 
@@ -49,6 +51,7 @@ class NoisePrior:
     levels: dict[int, tuple[float, float]] = field(default_factory=dict)
     freq: np.ndarray | None = None
     fd_nps: dict[int, np.ndarray] = field(default_factory=dict)
+    fd_images: dict[int, list[np.ndarray]] = field(default_factory=dict)  # the measured full-dose slices, HU
 
     def added_std_hu(self, index: int) -> float:
         """Std (HU) of the noise a dose reduction adds for body part ``index``: sqrt(sigma_LD^2 - sigma_FD^2)."""
@@ -102,7 +105,8 @@ def highpass_scale(images: list[np.ndarray]) -> float:
     for im in images:
         im = np.asarray(im, np.float32)
         smooth = gaussian_filter(im, 3.0)
-        values.append((im - gaussian_filter(im, 1.0))[(smooth > -300.0) & (smooth < 300.0)])
+        lo, hi = SOFT_TISSUE_HU
+        values.append((im - gaussian_filter(im, 1.0))[(smooth > lo) & (smooth < hi)])
     v = np.concatenate(values) if values else np.zeros(0)
     return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else float("nan")
 
@@ -132,7 +136,7 @@ def measure_prior(manifest_dir: Path, config: TrainConfig, slices_per_part: int 
         fd = _measure(fd_imgs)
         if fd is None:
             continue
-        prior.freq, prior.fd_nps[index] = fd.freq, fd.nps
+        prior.freq, prior.fd_nps[index], prior.fd_images[index] = fd.freq, fd.nps, fd_imgs
         if not ld_imgs:
             continue
         ratio = highpass_scale(ld_imgs) / highpass_scale(fd_imgs)
@@ -164,6 +168,21 @@ def calibrate(generator, manifest_dir: Path, config: TrainConfig) -> NoisePrior:
         kernels[i] = torch.from_numpy(kernel_from_nps(prior.freq, spectrum, generator.kernel.shape[-1])).float()
     generator.calibrate_(amps, kernels)
     log.info("Noise generator starts from the training slices' noise: %s.", prior.describe())
+    if config.noise_level == "image":
+        soft = tuple((hu - config.hu_low) * unit - 1.0 for hu in SOFT_TISSUE_HU)
+        generator.follow_image_noise_({}, soft)
+        reference = {}
+        for i in range(everything + 1):
+            images = prior.fd_images.get(i, prior.fd_images[everything])
+            x = torch.from_numpy(np.stack([(im - config.hu_low) * unit - 1.0 for im in images])[:, None]).float()
+            scale, share = generator.fine_scale(x)
+            scale = scale[share >= MIN_SOFT_SHARE]
+            if scale.numel():
+                reference[i] = float(scale.median())
+        generator.follow_image_noise_(reference, soft)
+        log.info("Noise generator level follows each image's fine-detail noise (noise_level: image); "
+                 "reference per body part: %s (network units).",
+                 ", ".join(f"{[*BODY_PARTS, 'all'][i]} {v:.4f}" for i, v in sorted(reference.items())))
     return prior
 
 

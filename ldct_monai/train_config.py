@@ -26,6 +26,7 @@ D_NORMS = ("instance", "batch", "none")
 D_CONDITIONS = ("none", "body-part")
 MODEL_SELECT = ("last", "val-noise", "val-pairs")
 FD2LD = ("resnet", "noise")
+NOISE_LEVELS = ("part", "image")
 METHODS = ("cyclegan", "supervised")
 SUPERVISED_LOSSES = ("l1", "mse", "l1+ssim")
 
@@ -94,6 +95,9 @@ class TrainConfig:
     init_identity: bool = opt(True, "zero the generators' last conv: a residual generator starts as the identity")
     fd2ld: str = opt("resnet", "CycleGAN FD->LD generator: resnet (Zhu et al.) or noise (FD + fresh noise of the "
                      "measured NPS shape and level, refined adversarially: docs/training.md)")
+    noise_level: str = opt("part", "fd2ld: noise: part (one level per body part) or image (the part's level times "
+                           "each FD image's fine-detail noise over the part's median: sigma_add = sigma_FD "
+                           "sqrt(1/f - 1) per image)")
     ndf: int = opt(64, "discriminator filters (70x70 PatchGAN, Zhu et al.)", cli=True)
     d_layers: int = opt(3, "PatchGAN layers; 3 gives the 70x70 receptive field")
     d_norm: str = opt("instance", "discriminator norm (Zhu et al.); \"batch\" sees noise level far sooner "
@@ -169,6 +173,8 @@ class TrainConfig:
             p.append(f"model_select must be one of {', '.join(MODEL_SELECT)}, found {self.model_select!r}")
         if self.fd2ld not in FD2LD:
             p.append(f"fd2ld must be one of {', '.join(FD2LD)}, found {self.fd2ld!r}")
+        if self.noise_level not in NOISE_LEVELS:
+            p.append(f"noise_level must be one of {', '.join(NOISE_LEVELS)}, found {self.noise_level!r}")
         if self.noise_lr < 0 or self.lambda_adv_fd < 0:
             p.append(f"need noise_lr >= 0 and lambda_adv_fd >= 0, found {self.noise_lr} and {self.lambda_adv_fd}")
         if self.fd2ld == "noise" and (self.lambda_identity > 0 or self.lambda_identity_l1 > 0):

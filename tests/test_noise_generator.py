@@ -129,3 +129,41 @@ def test_noise_lr_zero_keeps_f_at_its_measurement(tmp_path, one_thread):
         model.train_step(*batch)
     assert all(torch.equal(f0[k], v) for k, v in model.gens.fd2ld.state_dict().items())
     assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())
+
+
+def test_image_level_follows_each_images_own_noise():
+    """noise_level: image: a full-dose image with twice the reference's noise gets twice the level; an image
+    without soft tissue (air) keeps its body part's level; without a reference the level is the part's."""
+    torch.manual_seed(0)
+    f = NoiseGenerator(n_parts=3, kernel_size=7).calibrate_({1: 0.05})
+    soft = (-0.65, -0.35)  # -300..300 HU in the [-1024, 3071] window
+    base = torch.full((1, 1, 96, 96), -0.49)  # 40 HU
+    quiet, loud = (base + s * torch.randn(1, 1, 96, 96) for s in (0.01, 0.02))
+    air = torch.full((1, 1, 96, 96), -1.0)
+    x, parts = torch.cat([quiet, loud, air]), torch.tensor([1, 1, 1])
+    with torch.no_grad():
+        before = f.amplitude(x, parts).flatten(1).mean(1)
+    assert torch.allclose(before, torch.full((3,), 0.05), rtol=1e-5)  # no reference yet: one level per part
+    ref, _ = f.fine_scale(quiet)
+    f.follow_image_noise_({1: float(ref[0])}, soft)
+    with torch.no_grad():
+        after = f.amplitude(x, parts).flatten(1).mean(1)
+    assert float(after[0]) == pytest.approx(0.05, rel=1e-4)
+    assert float(after[1]) == pytest.approx(0.10, rel=0.05)  # twice the noise, twice the level
+    assert float(after[2]) == pytest.approx(0.05, rel=1e-4)  # no soft tissue: the part's level
+    assert torch.equal(f.state_dict()["reference_scale"], f.reference_scale)  # saved with F (exact resume)
+
+
+def test_prior_sets_the_image_reference_from_the_training_full_dose(tmp_path):
+    from ldct_monai.noise_prior import calibrate
+
+    man = make_manifest(tmp_path, size=96, slices=3, fd_sigma=12.0, ld_sigma=45.0)
+    cfg = TrainConfig(manifest=str(man), fd2ld="noise", lambda_identity=0.0, noise_level="image")
+    f = NoiseGenerator(n_parts=3)
+    prior = calibrate(f, man, cfg)
+    assert float(f.reference_scale[1]) > 0 and float(f.reference_scale[3]) > 0
+    fd = torch.from_numpy(np.stack([(im + 1024.0) * 2 / 4095 - 1 for im in prior.fd_images[1]])[:, None]).float()
+    factor = f._image_factor(fd, torch.ones(len(fd), dtype=torch.long))
+    assert torch.allclose(factor.median(), torch.tensor(1.0), atol=0.05)  # the training FD is its own reference
+    with pytest.raises(InputError, match="noise_level"):
+        TrainConfig(noise_level="slice")
