@@ -167,4 +167,3 @@ def test_prior_sets_the_image_reference_from_the_training_full_dose(tmp_path):
     assert torch.allclose(factor.median(), torch.tensor(1.0), atol=0.05)  # the training FD is its own reference
     with pytest.raises(InputError, match="noise_level"):
         TrainConfig(noise_level="slice")
-
