@@ -96,12 +96,13 @@ def test_noise_cyclegan_keeps_g_during_its_warm_up_and_f_learns(tmp_path, one_th
 
 
 def test_noise_cyclegan_resumes_exactly(tmp_path, one_thread):
-    """F draws fresh noise every step (global torch RNG, saved in checkpoints): 3 + 3 steps == 6 steps."""
+    """F draws fresh noise every step (global torch RNG, saved in checkpoints) at a per-image level (its
+    reference saved with F): 3 + 3 steps == 6 steps."""
     from ldct_monai.engine import train
     from ldct_monai.modelio import load_model
 
     man = make_manifest(tmp_path, size=48, slices=3)
-    kw = {**TINY, "manifest": str(man), "fd2ld": "noise", "lambda_identity": 0.0, "ld2fd_warmup_steps": 2,
+    kw = {**TINY, "manifest": str(man), "fd2ld": "noise", "noise_level": "image", "lambda_identity": 0.0, "ld2fd_warmup_steps": 2,
           "total_steps": 6, "val_every": 3, "checkpoint_every": 3}
     whole = train(TrainConfig.from_dict({**kw, "out": str(tmp_path / "whole")}))
     part = TrainConfig.from_dict({**kw, "out": str(tmp_path / "part"), "max_steps": 3})
@@ -119,7 +120,8 @@ def test_noise_lr_zero_keeps_f_at_its_measurement(tmp_path, one_thread):
     man = make_manifest(tmp_path, size=48, slices=2)
     cfg = TrainConfig.from_dict({**TINY, "manifest": str(man), "out": "unused", "fd2ld": "noise", "lambda_identity": 0.0,
                                  "lambda_adv_fd": 0.0, "noise_lr": 0.0, "lr": 1e-2})
-    assert TrainConfig.from_preset("cpu-finetune").noise_lr == 0.0
+    preset = TrainConfig.from_preset("cpu-finetune")
+    assert preset.noise_lr == 0.0 and preset.noise_level == "image"
     model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
     batch = next(iter(UnpairedBatches(cfg, split_records(man, "train_ld", "ld", "low"),
                                       split_records(man, "train_fd", "fd", "full")).epoch(0)))
