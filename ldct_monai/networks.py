@@ -221,7 +221,7 @@ class NoiseGenerator(nn.Module):
 
     @torch.no_grad()
     def fine_scale(self, fd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean absolute fine detail ``|y - blur_1px(y)|`` in each image's smooth soft tissue, and its pixel share.
+        """Median absolute fine detail ``|y - blur_1px(y)|`` in each image's smooth soft tissue, and its pixel share.
 
         A noise level up to a factor the NPS shape sets (fixed per body part, so the ratio to the part's
         reference is the ratio of noise levels). Returns ``(scale, share)``, each (B,).
@@ -233,7 +233,8 @@ class NoiseGenerator(nn.Module):
         smooth = nn.functional.avg_pool2d(nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"), 7, stride=1)
         mask = ((smooth > self.soft_range[0]) & (smooth < self.soft_range[1])).float()
         count = mask.flatten(1).sum(1)
-        scale = ((x - blur).abs() * mask).flatten(1).sum(1) / count.clamp_min(1.0)
+        detail = torch.where(mask > 0, (x - blur).abs(), torch.full_like(x, float("nan")))
+        scale = torch.nan_to_num(detail.flatten(1).nanmedian(dim=1).values, nan=0.0)  # edges stay out
         return scale, count / mask[0].numel()
 
     def _image_factor(self, fd: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
