@@ -316,8 +316,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # norm); the FD -> LD one is a noise generator (fd2ld: noise) set to the noise the training slices' LD
     # has beyond their FD. It stays there (noise_lr 0): refining it against D_ld lost 0.1 dB on val of a
     # 5-10 % dose phantom domain and 0.3 dB on the demo's heads. Its level follows each FD image's own noise
-    # (noise_level: image): on sharp-kernel real chest slabs whose noise differs 2.5x it lost 0.12 dB less on
-    # test than one level per body part, and it tied on the phantom domain. G learns from the backward cycle alone
+    # (noise_level: image): on sharp-kernel real anatomy, whose chest slabs' noise differs 2.5x, the test tied
+    # the start (-0.05 dB windowed) where one level per body part lost 0.3 dB; a tie on the phantom domain.
+    # G learns from the backward cycle alone
     # (lambda_adv_fd 0: an adversarial G matches full-dose noise and loses PSNR), after 100 steps in which
     # it stays the shipped model. On that domain: val gain +5.56 -> +7.3 dB (docs/training.md, "Adapting
     # the shipped model").
