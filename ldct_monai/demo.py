@@ -58,7 +58,7 @@ class DemoConfig:
                          d_warmup_steps=self.steps // 16, ld2fd_warmup_steps=self.steps // 4)
         if self.quick:  # a tiny generator from scratch: the shipped model's architecture would not fit
             extra.update(patch_size=32, ngf=4, n_blocks=1, ndf=4, val_every=max(1, self.steps), checkpoint_every=max(1, self.steps),
-                         init_generator="", g_norm="instance", d_warmup_steps=0, ld2fd_warmup_steps=0, lr=2e-4,
+                         init_generator="", noise_source="generator", g_norm="instance", d_warmup_steps=0, ld2fd_warmup_steps=0, lr=2e-4,
                          lambda_cycle=10.0)
         return extra
 

@@ -66,14 +66,23 @@ class GeneratorPair(nn.Module):
         self.noise = config.fd2ld == "noise"
         self.ld2fd = ResNetGenerator(**config.generator_kwargs)
         self.fd2ld: nn.Module = NoiseGenerator(len(BODY_PARTS)) if self.noise else ResNetGenerator(**config.generator_kwargs)
+        # noise_source: ld-residual: F(FD) = FD + s_b (LD - G0(LD)), the step's own low-dose noise; G0 is G's
+        # start, frozen (set by the engine from --init-generator; saved in checkpoints)
+        self.residual = self.noise and config.noise_source == "ld-residual"
+        if self.residual:
+            self.start = ResNetGenerator(**config.generator_kwargs).requires_grad_(False)
+            self.register_buffer("residual_scale", torch.ones(len(BODY_PARTS) + 1))
         if config.init_identity:
             self.ld2fd.zero_head_()
             if not self.noise:
                 self.fd2ld.zero_head_()
 
     def forward(self, ld: torch.Tensor, fd: torch.Tensor, identity: bool = True,
-                fd_body_part: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                fd_body_part: torch.Tensor | None = None, ld_body_part: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         fake_fd = self.ld2fd(ld)
+        if self.residual:
+            fake_ld = self.add_ld_residual(ld, fd, ld_body_part)
+            return {"fake_fd": fake_fd, "fake_ld": fake_ld, "rec_fd": self.ld2fd(fake_ld)}
         if self.noise:
             fake_ld = self.fd2ld(fd, fd_body_part)
             return {"fake_fd": fake_fd, "fake_ld": fake_ld, "rec_fd": self.ld2fd(fake_ld.detach())}
@@ -83,6 +92,21 @@ class GeneratorPair(nn.Module):
             out["idt_fd"] = self.ld2fd(fd)  # G(FD) should stay FD
             out["idt_ld"] = self.fd2ld(ld)  # F(LD) should stay LD
         return out
+
+    @torch.no_grad()
+    def add_ld_residual(self, ld: torch.Tensor, fd: torch.Tensor, ld_body_part: torch.Tensor | None) -> torch.Tensor:
+        """``FD + s_b (LD - G0(LD))``: each FD patch gets the noise G0 removes from one LD patch of the step,
+        scaled by ``s_b = sigma_add / sigma_LD`` of that LD patch's body part (the LD noise is all of sigma_LD;
+        the FD already holds sigma_FD of it). LD patches are reused in turn when the FD batch is larger."""
+        noise = ld - self.start(ld)
+        index = torch.full((ld.shape[0],), len(BODY_PARTS), dtype=torch.long, device=ld.device)
+        if ld_body_part is not None:
+            bp = ld_body_part.to(ld.device).view(-1).long()
+            index = torch.where(bp >= 0, bp, index)
+        noise = noise * self.residual_scale[index].view(-1, 1, 1, 1).to(noise.dtype)
+        if noise.shape[0] != fd.shape[0]:
+            noise = noise[torch.arange(fd.shape[0], device=fd.device) % noise.shape[0]]
+        return torch.clamp(fd + noise.to(fd.dtype), -1.0, 1.0)
 
 
 def low_frequency_l1(output: torch.Tensor, source: torch.Tensor, pool: int) -> torch.Tensor:
@@ -296,7 +320,11 @@ class CycleGAN:
         if config.fd2ld == "noise" and not config.resume:  # resumed runs load F from the checkpoint
             from ldct_monai.noise_prior import calibrate
 
-            calibrate(self.gens.fd2ld, Path(config.manifest), config)  # every rank reads the same slices
+            prior = calibrate(self.gens.fd2ld, Path(config.manifest), config)  # every rank reads the same slices
+            if self.gens.residual:
+                from ldct_monai.noise_prior import residual_scales
+
+                self.gens.residual_scale.copy_(residual_scales(prior))
         self.discs = DiscriminatorPair(config).to(device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:
@@ -366,7 +394,7 @@ class CycleGAN:
         # from +3.8 to +2.1 dB in 50 steps).
         update_g = self.sched_d.last_epoch >= cfg.d_warmup_steps
         with torch.set_grad_enabled(update_g), autocast(self.device, cfg.precision):
-            out = self.gens_run(ld, fd, identity=use_identity, fd_body_part=fd_body_part)
+            out = self.gens_run(ld, fd, identity=use_identity, fd_body_part=fd_body_part, ld_body_part=ld_body_part)
             c_ld, c_fd = self._cond(ld, ld_body_part), self._cond(fd, fd_body_part)
             j_ld, j_fd = _unwrap(self.discs).judge_fakes(c_ld, self._cond(out["fake_ld"], fd_body_part),
                                                          c_fd, self._cond(out["fake_fd"], ld_body_part))
@@ -949,6 +977,8 @@ def train(config: TrainConfig) -> Path:
         model = (Supervised if supervised else CycleGAN)(config, device, total, decay, rank, world)
         if init_state is not None and not config.resume:
             model.generator.load_state_dict(init_state[0])
+            if getattr(model.gens, "residual", False):  # G0 of noise_source: ld-residual: G's frozen start
+                model.gens.start.load_state_dict(init_state[0])
             if rank == 0:
                 log.info("LD->FD generator starts from %s.", init_state[1])
         step, best = resume_run(run, model) if config.resume else (0, {})

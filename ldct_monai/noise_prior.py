@@ -186,4 +186,19 @@ def calibrate(generator, manifest_dir: Path, config: TrainConfig) -> NoisePrior:
     return prior
 
 
-__all__ = ["NoisePrior", "measure_prior", "calibrate", "kernel_from_nps"]
+def residual_scales(prior: NoisePrior):
+    """``sigma_add / sigma_LD`` per body-part index (``noise_source: ld-residual``): the share of a low-dose
+    image's noise that a dose reduction adds to full dose. Body parts without a level use all slices'; 1
+    without any level. A (n_parts + 1,) float tensor."""
+    import torch
+
+    everything = len(BODY_PARTS)
+    out = torch.ones(everything + 1)
+    for i in range(everything + 1):
+        j = i if i in prior.levels else everything
+        if j in prior.levels:
+            out[i] = prior.added_std_hu(j) / prior.levels[j][0]
+    return out
+
+
+__all__ = ["NoisePrior", "measure_prior", "calibrate", "kernel_from_nps", "residual_scales"]

@@ -121,7 +121,7 @@ def test_noise_lr_zero_keeps_f_at_its_measurement(tmp_path, one_thread):
     cfg = TrainConfig.from_dict({**TINY, "manifest": str(man), "out": "unused", "fd2ld": "noise", "lambda_identity": 0.0,
                                  "lambda_adv_fd": 0.0, "noise_lr": 0.0, "lr": 1e-2})
     preset = TrainConfig.from_preset("cpu-finetune")
-    assert preset.noise_lr == 0.0 and preset.noise_level == "image"
+    assert preset.noise_lr == 0.0 and preset.noise_level == "image" and preset.noise_source == "ld-residual"
     model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
     batch = next(iter(UnpairedBatches(cfg, split_records(man, "train_ld", "ld", "low"),
                                       split_records(man, "train_fd", "fd", "full")).epoch(0)))
@@ -169,3 +169,54 @@ def test_prior_sets_the_image_reference_from_the_training_full_dose(tmp_path):
     assert torch.allclose(factor.median(), torch.tensor(1.0), atol=0.05)  # the training FD is its own reference
     with pytest.raises(InputError, match="noise_level"):
         TrainConfig(noise_level="slice")
+
+
+def test_ld_residual_needs_a_trained_start_and_the_noise_mode():
+    with pytest.raises(InputError, match="ld-residual"):
+        TrainConfig(fd2ld="noise", lambda_identity=0.0, noise_source="ld-residual")  # no --init-generator
+    with pytest.raises(InputError, match="ld-residual"):
+        TrainConfig(noise_source="ld-residual", init_generator="builtin")  # the ResNet F
+    with pytest.raises(InputError, match="noise_source"):
+        TrainConfig(noise_source="bank")
+
+
+def test_ld_residual_adds_the_low_doses_own_noise_and_keeps_its_start(tmp_path, one_thread):
+    """noise_source: ld-residual: F(FD) = FD + s_b (LD - G0(LD)) with G0 the frozen start and s_b the
+    prior's sigma_add / sigma_LD; G learns from it, G0 does not move, and 2 + 2 resumed steps equal 4."""
+    from ldct_monai.data import UnpairedBatches, split_records
+    from ldct_monai.engine import CycleGAN, train
+    from ldct_monai.modelio import load_model
+    from ldct_monai.noise_prior import residual_scales
+
+    man = make_manifest(tmp_path, size=128, slices=2, fd_sigma=12.0, ld_sigma=45.0)
+    arch = {"ngf": 24, "n_blocks": 4, "g_norm": "none", "init_identity": False}  # the shipped model's
+    kw = {**TINY, **arch, "manifest": str(man), "fd2ld": "noise", "lambda_identity": 0.0, "lambda_adv_fd": 0.0,
+          "noise_lr": 0.0, "noise_source": "ld-residual", "init_generator": "builtin"}
+    cfg = TrainConfig.from_dict({**kw, "out": "unused"})
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
+    scale = residual_scales(measure_prior(man, cfg))
+    assert torch.allclose(model.gens.residual_scale, scale) and 0 < float(scale[1]) < 1
+    from ldct_monai.engine import init_generator_state
+
+    state, _ = init_generator_state("builtin", cfg)
+    model.gens.ld2fd.load_state_dict(state)
+    model.gens.start.load_state_dict(state)
+    batch = next(iter(UnpairedBatches(cfg, split_records(man, "train_ld", "ld", "low"),
+                                      split_records(man, "train_fd", "fd", "full")).epoch(0)))
+    ld, fd, ld_bp, _ = batch
+    with torch.no_grad():
+        fake = model.gens.add_ld_residual(ld, fd, ld_bp)
+        want = fd + scale[1] * (ld - model.gens.start(ld))
+    assert torch.allclose(fake, want.clamp(-1, 1), atol=1e-5)
+    g0 = {k: v.clone() for k, v in model.gens.start.state_dict().items()}
+    model.train_step(*batch)
+    model.train_step(*batch)
+    assert all(torch.equal(g0[k], v) for k, v in model.gens.start.state_dict().items())  # G0 stays the start
+    assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())  # G learns
+    run = {**kw, "total_steps": 4, "checkpoint_every": 2, "val_every": 2}
+    whole = train(TrainConfig.from_dict({**run, "out": str(tmp_path / "whole")}))
+    part = TrainConfig.from_dict({**run, "out": str(tmp_path / "part"), "max_steps": 2})
+    train(part)
+    train(part.replace(max_steps=0, resume=True))
+    a, b = load_model(whole).generator.state_dict(), load_model(tmp_path / "part").generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
