@@ -99,10 +99,7 @@ class GeneratorPair(nn.Module):
         scaled by ``s_b = sigma_add / sigma_LD`` of that LD patch's body part (the LD noise is all of sigma_LD;
         the FD already holds sigma_FD of it). LD patches are reused in turn when the FD batch is larger."""
         noise = ld - self.start(ld)
-        index = torch.full((ld.shape[0],), len(BODY_PARTS), dtype=torch.long, device=ld.device)
-        if ld_body_part is not None:
-            bp = ld_body_part.to(ld.device).view(-1).long()
-            index = torch.where(bp >= 0, bp, index)
+        index = self.fd2ld._index(ld, ld_body_part)  # body part -> index, unknown last (as F's levels)
         noise = noise * self.residual_scale[index].view(-1, 1, 1, 1).to(noise.dtype)
         if noise.shape[0] != fd.shape[0]:
             noise = noise[torch.arange(fd.shape[0], device=fd.device) % noise.shape[0]]

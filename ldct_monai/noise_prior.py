@@ -169,12 +169,13 @@ def calibrate(generator, manifest_dir: Path, config: TrainConfig) -> NoisePrior:
     generator.calibrate_(amps, kernels)
     log.info("Noise generator starts from the training slices' noise: %s.", prior.describe())
     if config.noise_level == "image":
-        soft = tuple((hu - config.hu_low) * unit - 1.0 for hu in SOFT_TISSUE_HU)
-        generator.follow_image_noise_({}, soft)
+        window = config.hu_window
+        soft = tuple(float(v) for v in window.to_unit(np.asarray(SOFT_TISSUE_HU)))
+        generator.follow_image_noise_({}, soft)  # the soft-tissue range first: fine_scale measures there
         reference = {}
         for i in range(everything + 1):
             images = prior.fd_images.get(i, prior.fd_images[everything])
-            x = torch.from_numpy(np.stack([(im - config.hu_low) * unit - 1.0 for im in images])[:, None]).float()
+            x = torch.from_numpy(window.to_unit(np.stack(images))[:, None])
             scale, share = generator.fine_scale(x)
             scale = scale[share >= MIN_SOFT_SHARE]
             if scale.numel():

@@ -95,21 +95,26 @@ def test_noise_cyclegan_keeps_g_during_its_warm_up_and_f_learns(tmp_path, one_th
     assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())  # then G learns
 
 
-def test_noise_cyclegan_resumes_exactly(tmp_path, one_thread):
-    """F draws fresh noise every step (global torch RNG, saved in checkpoints) at a per-image level (its
-    reference saved with F): 3 + 3 steps == 6 steps."""
+def _assert_resumes_exactly(kw: dict, tmp_path, split: int) -> None:
+    """A whole run of ``kw`` and one stopped after ``split`` steps and resumed export the same generator."""
     from ldct_monai.engine import train
     from ldct_monai.modelio import load_model
 
-    man = make_manifest(tmp_path, size=48, slices=3)
-    kw = {**TINY, "manifest": str(man), "fd2ld": "noise", "noise_level": "image", "lambda_identity": 0.0, "ld2fd_warmup_steps": 2,
-          "total_steps": 6, "val_every": 3, "checkpoint_every": 3}
     whole = train(TrainConfig.from_dict({**kw, "out": str(tmp_path / "whole")}))
-    part = TrainConfig.from_dict({**kw, "out": str(tmp_path / "part"), "max_steps": 3})
+    part = TrainConfig.from_dict({**kw, "out": str(tmp_path / "part"), "max_steps": split})
     train(part)
     train(part.replace(max_steps=0, resume=True))
     a, b = load_model(whole).generator.state_dict(), load_model(tmp_path / "part").generator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_noise_cyclegan_resumes_exactly(tmp_path, one_thread):
+    """F draws fresh noise every step (global torch RNG, saved in checkpoints) at a per-image level (its
+    reference saved with F): 3 + 3 steps == 6 steps."""
+    man = make_manifest(tmp_path, size=48, slices=3)
+    kw = {**TINY, "manifest": str(man), "fd2ld": "noise", "noise_level": "image", "lambda_identity": 0.0, "ld2fd_warmup_steps": 2,
+          "total_steps": 6, "val_every": 3, "checkpoint_every": 3}
+    _assert_resumes_exactly(kw, tmp_path, split=3)
 
 
 def test_noise_lr_zero_keeps_f_at_its_measurement(tmp_path, one_thread):
@@ -184,8 +189,7 @@ def test_ld_residual_adds_the_low_doses_own_noise_and_keeps_its_start(tmp_path, 
     """noise_source: ld-residual: F(FD) = FD + s_b (LD - G0(LD)) with G0 the frozen start and s_b the
     prior's sigma_add / sigma_LD; G learns from it, G0 does not move, and 2 + 2 resumed steps equal 4."""
     from ldct_monai.data import UnpairedBatches, split_records
-    from ldct_monai.engine import CycleGAN, train
-    from ldct_monai.modelio import load_model
+    from ldct_monai.engine import CycleGAN
     from ldct_monai.noise_prior import residual_scales
 
     man = make_manifest(tmp_path, size=128, slices=2, fd_sigma=12.0, ld_sigma=45.0)
@@ -213,10 +217,4 @@ def test_ld_residual_adds_the_low_doses_own_noise_and_keeps_its_start(tmp_path, 
     model.train_step(*batch)
     assert all(torch.equal(g0[k], v) for k, v in model.gens.start.state_dict().items())  # G0 stays the start
     assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())  # G learns
-    run = {**kw, "total_steps": 4, "checkpoint_every": 2, "val_every": 2}
-    whole = train(TrainConfig.from_dict({**run, "out": str(tmp_path / "whole")}))
-    part = TrainConfig.from_dict({**run, "out": str(tmp_path / "part"), "max_steps": 2})
-    train(part)
-    train(part.replace(max_steps=0, resume=True))
-    a, b = load_model(whole).generator.state_dict(), load_model(tmp_path / "part").generator.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _assert_resumes_exactly({**kw, "total_steps": 4, "checkpoint_every": 2, "val_every": 2}, tmp_path, split=2)
