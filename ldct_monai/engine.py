@@ -71,6 +71,9 @@ class GeneratorPair(nn.Module):
         self.residual = self.noise and config.noise_source == "ld-residual"
         if self.residual:
             self.start = ResNetGenerator(**config.generator_kwargs).requires_grad_(False)
+            # F's own noise is not drawn in this mode (its measured levels stay for the log): no parameter
+            # may be left without a gradient under DDP
+            self.fd2ld.requires_grad_(False)
             self.register_buffer("residual_scale", torch.ones(len(BODY_PARTS) + 1))
         if config.init_identity:
             self.ld2fd.zero_head_()
@@ -290,6 +293,37 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------- the model
+def generator_average(generator: nn.Module, decay: float) -> nn.Module | None:
+    """An exponential moving average of ``generator``'s weights (``ema_decay`` > 0), or None.
+
+    ``torch.optim.swa_utils.AveragedModel`` with its EMA function: after each step
+    ``avg = decay * avg + (1 - decay) * weights``; the first update copies the weights. The average is what
+    validation scores and the run exports (Yazici et al. 2019, "The unusual effectiveness of averaging in GAN
+    training"): it follows the generator without the step-to-step swings of adversarial training.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True).requires_grad_(False)
+
+
+def _averaged_or(average: nn.Module | None, live: nn.Module) -> nn.Module:
+    """The averaged generator once it has been updated, else the live one (step 0: the start itself)."""
+    if average is not None and int(average.n_averaged) > 0:
+        return average.module
+    return live
+
+
+def _average_state(average: nn.Module | None) -> dict[str, Any]:
+    return {"ema": average.state_dict()} if average is not None else {}
+
+
+def _load_average(average: nn.Module | None, state: dict[str, Any]) -> None:
+    if average is not None:
+        average.load_state_dict(state["ema"])
+
+
 class CycleGAN:
     """Networks, optimizers, schedulers, scaler and pools of one rank, and its training step.
 
@@ -314,14 +348,11 @@ class CycleGAN:
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         self.gens = GeneratorPair(config).to(device)
+        self.noise_prior = None
         if config.fd2ld == "noise" and not config.resume:  # resumed runs load F from the checkpoint
             from ldct_monai.noise_prior import calibrate
 
-            prior = calibrate(self.gens.fd2ld, Path(config.manifest), config)  # every rank reads the same slices
-            if self.gens.residual:
-                from ldct_monai.noise_prior import residual_scales
-
-                self.gens.residual_scale.copy_(residual_scales(prior))
+            self.noise_prior = calibrate(self.gens.fd2ld, Path(config.manifest), config)  # the same slices on every rank
         self.discs = DiscriminatorPair(config).to(device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:
@@ -353,11 +384,24 @@ class CycleGAN:
         self.adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)  # plain LSGAN (Mao et al.)
         self.ssim = SSIMLoss(spatial_dims=2, data_range=2.0)  # 1 - SSIM on [-1, 1] images
         self.l1 = nn.L1Loss()
+        self.average = generator_average(self.gens.ld2fd, config.ema_decay)
 
     @property
     def generator(self) -> ResNetGenerator:
-        """The LD -> FD generator (unwrapped), the one that gets exported."""
-        return self.gens.ld2fd
+        """The LD -> FD generator (unwrapped) that is validated and exported: its moving average with
+        ``ema_decay`` > 0 (from the first step on), else the trained one."""
+        return _averaged_or(self.average, self.gens.ld2fd)
+
+    def start_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Start G from trained weights (``--init-generator``). With ``noise_source: ld-residual`` they are
+        also G0, frozen, and the residual's scale per body part is measured with G0 on the prior's slices."""
+        self.gens.ld2fd.load_state_dict(state)
+        if self.gens.residual:
+            self.gens.start.load_state_dict(state)
+            if self.noise_prior is not None:
+                from ldct_monai.noise_prior import residual_scales
+
+                self.gens.residual_scale.copy_(residual_scales(self.noise_prior, self.gens.start, self.config.hu_window))
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -412,6 +456,8 @@ class CycleGAN:
             # discriminators learn; with fd2ld: noise, G's first cycle pairs then carry noise like the site's LD.
             freeze = self.gens.ld2fd if self.sched_d.last_epoch < cfg.ld2fd_warmup_steps else None
             _backward_step(self.scaler, loss_g, self.opt_g, self.gens.parameters(), cfg.grad_clip, freeze=freeze)
+        if self.average is not None:  # every step, warm-ups included (G unchanged then: the average stays its start)
+            self.average.update_parameters(self.gens.ld2fd)
         # --- discriminators: real vs pooled fakes, halved as in Zhu et al. ---
         _set_requires_grad(self.discs, True)
         self.opt_d.zero_grad(set_to_none=True)
@@ -439,7 +485,7 @@ class CycleGAN:
         Unpaired val has no ground truth: ``noise_g_ld`` (noise of G(LD)) is compared with ``noise_ld``
         (its input) and ``noise_fd`` (real full-dose images of other patients).
         """
-        g, f = self.gens.ld2fd, self.gens.fd2ld
+        g, f = self.generator, self.gens.fd2ld
         dd = self.discs
         dd.eval()  # batch-norm discriminators: judge with running statistics and leave them untouched
         devices = [self.device] if self.device.type == "cuda" else []
@@ -504,6 +550,7 @@ class CycleGAN:
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
             "scaler": self.scaler.state_dict(),
             "pool_ld": self.pool_ld.state_dict(), "pool_fd": self.pool_fd.state_dict(),
+            **_average_state(self.average),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -517,6 +564,7 @@ class CycleGAN:
             self.scaler.load_state_dict(state["scaler"])
         self.pool_ld.load_state_dict(state["pool_ld"], self.device)
         self.pool_fd.load_state_dict(state["pool_fd"], self.device)
+        _load_average(self.average, state)
 
     def param_checksum(self) -> str:
         """SHA-256 (16 hex digits) over every parameter of all four networks: equal on in-sync DDP replicas.
@@ -585,10 +633,15 @@ class Supervised:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: lr_factor(s, total_steps, decay_steps))
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.ssim = SSIMLoss(spatial_dims=2, data_range=2.0)
+        self.average = generator_average(self.gen, config.ema_decay)
 
     @property
     def generator(self) -> ResNetGenerator:
-        return self.gen
+        return _averaged_or(self.average, self.gen)
+
+    def start_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Start the generator from trained weights (``--init-generator``)."""
+        self.gen.load_state_dict(state)
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -610,21 +663,24 @@ class Supervised:
         _backward_step(self.scaler, loss, self.opt_g, self.gen.parameters(), cfg.grad_clip)
         self.scaler.update()
         self.sched_g.step()
+        if self.average is not None:
+            self.average.update_parameters(self.gen)
         return torch.stack([loss, l1, mse, ssim]).detach().float()
 
     @torch.no_grad()
     def validate(self, val: dict[str, list[torch.Tensor]], window) -> tuple[dict[str, float], list]:
         """PSNR (dB, full HU window) of LD and G(LD) against their FD twins on the fixed val pairs, and L1."""
-        self.gen.eval()
+        gen = self.generator
+        gen.eval()
         try:
-            return paired_validation(self.gen, val.get("ld", []), val.get("fd", []), self._prep, self.device,
+            return paired_validation(gen, val.get("ld", []), val.get("fd", []), self._prep, self.device,
                                      self.config.precision)
         finally:
-            self.gen.train()
+            gen.train()
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.state_dict(), "opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
-                "scaler": self.scaler.state_dict()}
+                "scaler": self.scaler.state_dict(), **_average_state(self.average)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.load_state_dict(state["gen"])
@@ -632,6 +688,7 @@ class Supervised:
         self.sched_g.load_state_dict(state["sched_g"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        _load_average(self.average, state)
 
     def param_checksum(self) -> str:
         return _checksum(self.gen)
@@ -973,9 +1030,7 @@ def train(config: TrainConfig) -> Path:
         run = Run(config, run_dir, rank, world, device, spe, mhash, total, stop)
         model = (Supervised if supervised else CycleGAN)(config, device, total, decay, rank, world)
         if init_state is not None and not config.resume:
-            model.generator.load_state_dict(init_state[0])
-            if getattr(model.gens, "residual", False):  # G0 of noise_source: ld-residual: G's frozen start
-                model.gens.start.load_state_dict(init_state[0])
+            model.start_from(init_state[0])
             if rank == 0:
                 log.info("LD->FD generator starts from %s.", init_state[1])
         step, best = resume_run(run, model) if config.resume else (0, {})

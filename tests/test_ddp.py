@@ -40,3 +40,34 @@ def test_torchrun_two_gloo_processes_keep_replicas_identical(tmp_path):
     assert state["step"] == 3 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], torch.empty(0))
     assert load_model(out).card["step"] == 3
+
+
+def test_torchrun_fine_tunes_from_the_shipped_model_with_its_residual_noise_and_an_average(tmp_path):
+    """The cpu-finetune preset (noise_source: ld-residual, G0 frozen) with ema_decay under two gloo processes:
+    the replicas stay identical, G0 stays the shipped model, and the export is the average of the checkpoint."""
+    from ldct_monai.models import builtin_model_dir
+
+    manifest = make_manifest(tmp_path, size=32, slices=4, seed=2)
+    out = tmp_path / "run"
+    config = tmp_path / "site.yaml"
+    config.write_text("preset: cpu-finetune\nema_decay: 0.9\nd_warmup_steps: 1\nld2fd_warmup_steps: 1\n"
+                      "model_select: last\npatches_per_slice: 2\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "ldct_monai.cli", "train", "--config", str(config), "--manifest", str(manifest), "--out", str(out),
+           "--patch-size", "24", "--batch-size", "2", "--max-steps", "3", "--total-steps", "10",
+           "--checkpoint-every", "3", "--val-every", "100", "--val-slices", "1", "--threads", "1", "--device", "cpu",
+           "--no-tensorboard"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2 and info["steps"] == 3 and info["replicas_identical"]
+    state = load_checkpoint(list_checkpoints(out)[-1])
+    shipped = load_model(builtin_model_dir()).generator.state_dict()
+    start = {k.removeprefix("start."): v for k, v in state["gens"].items() if k.startswith("start.")}
+    assert all(torch.equal(shipped[k], start[k]) for k in shipped)  # G0 is frozen
+    exported = load_model(out).generator.state_dict()
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    live = {k.removeprefix("ld2fd."): v for k, v in state["gens"].items() if k.startswith("ld2fd.")}
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
+    assert any(not torch.equal(exported[k], live[k]) for k in exported)  # G learnt after its 1-step warm-up

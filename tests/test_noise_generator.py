@@ -12,7 +12,7 @@ from ldct_monai.networks import NoiseGenerator
 from ldct_monai.noise_prior import highpass_scale, kernel_from_nps, measure_prior
 from ldct_monai.synth import nps
 from ldct_monai.train_config import TrainConfig
-from train_fixtures import TINY, make_manifest, one_thread  # noqa: F401 (a fixture)
+from train_fixtures import TINY, assert_resumes_exactly, make_manifest, one_thread  # noqa: F401 (a fixture)
 
 
 def test_noise_generator_adds_fresh_noise_at_each_body_parts_level():
@@ -95,26 +95,13 @@ def test_noise_cyclegan_keeps_g_during_its_warm_up_and_f_learns(tmp_path, one_th
     assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())  # then G learns
 
 
-def _assert_resumes_exactly(kw: dict, tmp_path, split: int) -> None:
-    """A whole run of ``kw`` and one stopped after ``split`` steps and resumed export the same generator."""
-    from ldct_monai.engine import train
-    from ldct_monai.modelio import load_model
-
-    whole = train(TrainConfig.from_dict({**kw, "out": str(tmp_path / "whole")}))
-    part = TrainConfig.from_dict({**kw, "out": str(tmp_path / "part"), "max_steps": split})
-    train(part)
-    train(part.replace(max_steps=0, resume=True))
-    a, b = load_model(whole).generator.state_dict(), load_model(tmp_path / "part").generator.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_noise_cyclegan_resumes_exactly(tmp_path, one_thread):
     """F draws fresh noise every step (global torch RNG, saved in checkpoints) at a per-image level (its
     reference saved with F): 3 + 3 steps == 6 steps."""
     man = make_manifest(tmp_path, size=48, slices=3)
     kw = {**TINY, "manifest": str(man), "fd2ld": "noise", "noise_level": "image", "lambda_identity": 0.0, "ld2fd_warmup_steps": 2,
           "total_steps": 6, "val_every": 3, "checkpoint_every": 3}
-    _assert_resumes_exactly(kw, tmp_path, split=3)
+    assert_resumes_exactly(kw, tmp_path, split=3)
 
 
 def test_noise_lr_zero_keeps_f_at_its_measurement(tmp_path, one_thread):
@@ -185,9 +172,41 @@ def test_ld_residual_needs_a_trained_start_and_the_noise_mode():
         TrainConfig(noise_source="bank")
 
 
+class _HalfDenoiser(torch.nn.Module):
+    """A G0 that takes out half of the noise around a known clean image (network units)."""
+
+    def __init__(self, clean: torch.Tensor) -> None:
+        super().__init__()
+        self.clean = torch.nn.Parameter(clean, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clean + 0.5 * (x - self.clean)
+
+
+def test_residual_scale_gives_the_residual_the_added_noise_level():
+    """s_b = sigma_add / sigma_res: a G0 that leaves half the noise has a residual of half sigma_LD, so s_b
+    doubles against sigma_add / sigma_LD; a G0 that removes nothing leaves no residual, and sigma_LD stands in."""
+    from ldct_monai.noise_prior import NoisePrior, residual_level, residual_scales
+
+    window = TrainConfig().hu_window
+    rng = np.random.default_rng(0)
+    clean = np.full((128, 128), 40.0, np.float32)
+    lds = [clean + rng.normal(0, 45.0, clean.shape).astype(np.float32) for _ in range(2)]
+    half = _HalfDenoiser(torch.from_numpy(window.to_unit(clean))[None, None].float())
+    assert residual_level(lds, half, window) == pytest.approx(22.5, rel=0.05)
+    prior = NoisePrior(levels={1: (45.0, 12.0)}, ld_images={1: lds})
+    added = prior.added_std_hu(1)
+    scale = residual_scales(prior, half, window)
+    assert float(scale[1]) == pytest.approx(added / 22.5, rel=0.05)
+    assert float(scale[0]) == float(scale[2]) == 1.0  # no level for these body parts, nor for all slices
+    identity = torch.nn.Conv2d(1, 1, 1, bias=False)
+    torch.nn.init.ones_(identity.weight)
+    assert float(residual_scales(prior, identity, window)[1]) == pytest.approx(added / 45.0, rel=1e-5)
+
+
 def test_ld_residual_adds_the_low_doses_own_noise_and_keeps_its_start(tmp_path, one_thread):
     """noise_source: ld-residual: F(FD) = FD + s_b (LD - G0(LD)) with G0 the frozen start and s_b the
-    prior's sigma_add / sigma_LD; G learns from it, G0 does not move, and 2 + 2 resumed steps equal 4."""
+    prior's sigma_add over the residual's level; G learns from it, G0 does not move, and 2 + 2 resumed steps equal 4."""
     from ldct_monai.data import UnpairedBatches, split_records
     from ldct_monai.engine import CycleGAN
     from ldct_monai.noise_prior import residual_scales
@@ -197,14 +216,13 @@ def test_ld_residual_adds_the_low_doses_own_noise_and_keeps_its_start(tmp_path, 
     kw = {**TINY, **arch, "manifest": str(man), "fd2ld": "noise", "lambda_identity": 0.0, "lambda_adv_fd": 0.0,
           "noise_lr": 0.0, "noise_source": "ld-residual", "init_generator": "builtin"}
     cfg = TrainConfig.from_dict({**kw, "out": "unused"})
-    model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
-    scale = residual_scales(measure_prior(man, cfg))
-    assert torch.allclose(model.gens.residual_scale, scale) and 0 < float(scale[1]) < 1
     from ldct_monai.engine import init_generator_state
 
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=20, decay_steps=0)
     state, _ = init_generator_state("builtin", cfg)
-    model.gens.ld2fd.load_state_dict(state)
-    model.gens.start.load_state_dict(state)
+    model.start_from(state)
+    scale = residual_scales(measure_prior(man, cfg), model.gens.start, cfg.hu_window)
+    assert torch.allclose(model.gens.residual_scale, scale) and float(scale[1]) > 0  # set by start_from, with G0
     batch = next(iter(UnpairedBatches(cfg, split_records(man, "train_ld", "ld", "low"),
                                       split_records(man, "train_fd", "fd", "full")).epoch(0)))
     ld, fd, ld_bp, _ = batch
@@ -217,4 +235,4 @@ def test_ld_residual_adds_the_low_doses_own_noise_and_keeps_its_start(tmp_path, 
     model.train_step(*batch)
     assert all(torch.equal(g0[k], v) for k, v in model.gens.start.state_dict().items())  # G0 stays the start
     assert any(not torch.equal(g0[k], v) for k, v in model.gens.ld2fd.state_dict().items())  # G learns
-    _assert_resumes_exactly({**kw, "total_steps": 4, "checkpoint_every": 2, "val_every": 2}, tmp_path, split=2)
+    assert_resumes_exactly({**kw, "total_steps": 4, "checkpoint_every": 2, "val_every": 2}, tmp_path, split=2)

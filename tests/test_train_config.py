@@ -57,7 +57,7 @@ def test_config_only_fields_are_set_from_a_file_and_refused_as_flags(tmp_path):
                "init_identity": False, "d_layers": 2, "d_norm": "batch", "hu_low": -1000.0, "hu_high": 2000.0,
                "min_tissue_fraction": 0.25, "tissue_hu": -400.0, "patch_tries": 3, "lambda_identity_l1": 1.0,
                "lambda_fidelity_lf": 1.0, "fidelity_pool": 4, "lambda_adv_fd": 0.5, "ld2fd_warmup_steps": 3,
-               "noise_lr": 1e-3, "noise_level": "image", "noise_source": "generator", "fd2ld": "resnet"}  # fd2ld: noise would refuse the identity weights above
+               "noise_lr": 1e-3, "noise_level": "image", "noise_source": "generator", "fd2ld": "resnet", "ema_decay": 0.9}  # fd2ld: noise would refuse the identity weights above
     assert set(changed) == {f.name for f in fields(TrainConfig)} - set(CLI_FIELDS)  # every field without a flag
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in changed.items()))

@@ -104,3 +104,17 @@ def make_manifest(root: Path, size: int = 48, slices: int = 4, seed: int = 0, fd
     pd.DataFrame(columns=["path", "reason"]).to_csv(man / "skipped.csv", index=False)
     (man / "splits.json").write_text(json.dumps({"data_root": str(data), "seed": seed, "patients": patient_split}))
     return man
+
+
+def assert_resumes_exactly(kw: dict, tmp_path, split: int) -> None:
+    """A whole run of ``kw`` and one stopped after ``split`` steps and resumed export the same generator."""
+    from ldct_monai.engine import train
+    from ldct_monai.modelio import load_model
+    from ldct_monai.train_config import TrainConfig
+
+    whole = train(TrainConfig.from_dict({**kw, "out": str(tmp_path / "whole")}))
+    part = TrainConfig.from_dict({**kw, "out": str(tmp_path / "part"), "max_steps": split})
+    train(part)
+    train(part.replace(max_steps=0, resume=True))
+    a, b = load_model(whole).generator.state_dict(), load_model(tmp_path / "part").generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
