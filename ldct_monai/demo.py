@@ -21,6 +21,7 @@ from pathlib import Path
 from ldct_monai.errors import InputError, OutputExistsError
 from ldct_monai.io_utils import atomic_write_text
 from ldct_monai.progress import console
+from ldct_monai.runtime import native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +62,6 @@ class DemoConfig:
                          init_generator="", noise_source="generator", g_norm="instance", d_warmup_steps=0, ld2fd_warmup_steps=0, lr=2e-4,
                          lambda_cycle=10.0)
         return extra
-
-
-def native_bf16(device: str = "auto") -> bool:
-    """True when bf16 arithmetic is native where training runs: a CUDA GPU with bf16, or a CPU with
-    AVX-512-BF16 or AMX (there bf16 autocast is ~1.5-1.7x faster per step; elsewhere it is emulated and slower)."""
-    import torch
-
-    from ldct_monai.runtime import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:  # not Linux: no cheap, reliable check; fp32 is the safe choice
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: str = "auto") -> str:

@@ -38,7 +38,7 @@ from ldct_monai.checkpoint import load_latest, rng_state, save_checkpoint, set_r
 from ldct_monai.errors import InputError, OutputExistsError, TrainingDiverged
 from ldct_monai.io_utils import atomic_write_text, check_output_dir
 from ldct_monai.networks import NoiseGenerator, ResNetGenerator, make_discriminator
-from ldct_monai.runtime import autocast, package_versions, resolve_device
+from ldct_monai.runtime import autocast, native_bf16, package_versions, resolve_device
 from ldct_monai.schema import BODY_PARTS, SPLIT_FILES, BodyPart, Dose
 from ldct_monai.train_config import RESUMABLE_CHANGES, TrainConfig, config_diff
 
@@ -1028,6 +1028,9 @@ def train(config: TrainConfig) -> Path:
             total, decay = config.epochs * spe, config.decay_epochs * spe
         stop = min(total, config.max_steps) if config.max_steps else total
         run = Run(config, run_dir, rank, world, device, spe, mhash, total, stop)
+        if rank == 0 and config.precision == "bf16" and not native_bf16(str(device)):
+            log.warning("--precision bf16 on %s without native bf16 (no AVX-512-BF16 or AMX on this CPU): autocast "
+                        "emulates it and is slower than fp32 (`ldct-monai bench train --precision bf16` compares them).", device)
         model = (Supervised if supervised else CycleGAN)(config, device, total, decay, rank, world)
         if init_state is not None and not config.resume:
             model.start_from(init_state[0])

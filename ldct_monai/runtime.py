@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import platform
+from pathlib import Path
 
 import torch
 
@@ -44,3 +45,16 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def native_bf16(device: str = "auto") -> bool:
+    """True when bf16 arithmetic is native where training runs: a CUDA GPU with bf16, or a CPU with
+    AVX-512-BF16 or AMX (there bf16 autocast is ~1.5-1.7x faster per step; elsewhere it is emulated and slower)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:  # not Linux: no cheap, reliable check; fp32 is the safe choice
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags

@@ -211,3 +211,17 @@ def test_config_presets_and_validation():
     with pytest.raises(AttributeError):
         m.lr = 1.0  # frozen
     assert m.replace(seed=9).seed == 9 and m.seed == 0
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_training_warns_where_the_cpu_emulates_it(tmp_path, one_thread, caplog, monkeypatch, native):
+    """--precision bf16 without AVX-512-BF16/AMX runs, but slower than fp32: the run says so (and only then)."""
+    import ldct_monai.engine as engine
+
+    monkeypatch.setattr(engine, "native_bf16", lambda device="auto": native)
+    man = make_manifest(tmp_path, size=48, slices=2)
+    cfg = TrainConfig.from_dict({**TINY, "manifest": str(man), "out": str(tmp_path / "run"), "precision": "bf16",
+                                 "total_steps": 1})
+    with caplog.at_level("WARNING"):
+        train(cfg)
+    assert ("without native bf16" in caplog.text) is not native
