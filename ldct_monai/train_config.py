@@ -336,7 +336,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # abdomen +0.18, phantom heads +0.01 windowed), and the val curve rose smoothly, never below the start;
     # F's own coloured noise tied the start (-0.05 / +0.06). G learns from the backward cycle alone
     # (lambda_adv_fd 0: an adversarial G matches full-dose noise and loses PSNR), after 100 steps in which
-    # it stays the shipped model. On that domain: val gain +5.56 -> +7.3 dB (docs/training.md, "Adapting
+    # it stays the shipped model. On that domain: val gain +5.56 -> +7.43 dB (docs/training.md, "Adapting
     # the shipped model").
     "cpu-finetune": {
         "init_generator": "builtin", "ngf": 24, "n_blocks": 4, "g_norm": "none", "grad_clip": 1.0,
