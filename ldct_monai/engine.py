@@ -1029,7 +1029,7 @@ def train(config: TrainConfig) -> Path:
         stop = min(total, config.max_steps) if config.max_steps else total
         run = Run(config, run_dir, rank, world, device, spe, mhash, total, stop)
         if rank == 0 and config.precision == "bf16" and not native_bf16(str(device)):
-            log.warning("--precision bf16 on %s without native bf16 (no AVX-512-BF16 or AMX on this CPU): autocast "
+            log.warning("--precision bf16 on %s without native bf16 (a CPU without AVX-512-BF16 or AMX, or such a GPU): autocast "
                         "emulates it and is slower than fp32 (`ldct-monai bench train --precision bf16` compares them).", device)
         model = (Supervised if supervised else CycleGAN)(config, device, total, decay, rank, world)
         if init_state is not None and not config.resume:

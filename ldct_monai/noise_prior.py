@@ -105,11 +105,22 @@ def highpass_scale(images: list[np.ndarray]) -> float:
     values = []
     for im in images:
         im = np.asarray(im, np.float32)
-        smooth = gaussian_filter(im, 3.0)
-        lo, hi = SOFT_TISSUE_HU
-        values.append((im - gaussian_filter(im, 1.0))[(smooth > lo) & (smooth < hi)])
+        values.append((im - gaussian_filter(im, 1.0))[_soft_tissue(im)])
+    return _robust_std(values, min_size=1)
+
+
+def _soft_tissue(image: np.ndarray) -> np.ndarray:
+    """Pixels whose 3 px smoothed HU lies in ``SOFT_TISSUE_HU`` (noise does not move the mask much)."""
+    from scipy.ndimage import gaussian_filter
+
+    smooth = gaussian_filter(np.asarray(image, np.float32), 3.0)
+    return (smooth > SOFT_TISSUE_HU[0]) & (smooth < SOFT_TISSUE_HU[1])
+
+
+def _robust_std(values: list[np.ndarray], min_size: int) -> float:
+    """1.4826 MAD of the pooled ``values`` (NaN with fewer than ``min_size``)."""
     v = np.concatenate(values) if values else np.zeros(0)
-    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else float("nan")
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size >= min_size else float("nan")
 
 
 def measure_prior(manifest_dir: Path, config: TrainConfig, slices_per_part: int = SLICES_PER_PART) -> NoisePrior:
@@ -198,19 +209,14 @@ def residual_level(images: list[np.ndarray], start, window) -> float:
     """
     import torch
 
-    from scipy.ndimage import gaussian_filter
-
     values = []
     param = next(start.parameters())
     with torch.no_grad():
         for im in images:
             x = torch.from_numpy(window.to_unit(np.asarray(im, np.float32))[None, None]).to(param.device, param.dtype)
             residual = window.to_hu(x.cpu().numpy()[0, 0]) - window.to_hu(start(x).float().cpu().numpy()[0, 0])
-            smooth = gaussian_filter(np.asarray(im, np.float32), 3.0)
-            lo, hi = SOFT_TISSUE_HU
-            values.append(residual[(smooth > lo) & (smooth < hi)])
-    v = np.concatenate(values) if values else np.zeros(0)
-    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size >= 1000 else float("nan")
+            values.append(residual[_soft_tissue(im)])
+    return _robust_std(values, min_size=1000)
 
 
 def residual_scales(prior: NoisePrior, start, window):
@@ -225,13 +231,16 @@ def residual_scales(prior: NoisePrior, start, window):
     out = torch.ones(everything + 1)
     names = [*BODY_PARTS, "all"]
     report = []
+    sigma: dict[int, float] = {}  # per measured level: body parts without one share the level of all slices
     for i in range(everything + 1):
         j = i if i in prior.levels else everything
         if j not in prior.levels:
             continue
-        sigma_res = residual_level(prior.ld_images.get(j, []), start, window)
-        if not (math.isfinite(sigma_res) and sigma_res > 0):
-            sigma_res = prior.levels[j][0]
+        if j not in sigma:
+            sigma[j] = residual_level(prior.ld_images.get(j, []), start, window)
+            if not (math.isfinite(sigma[j]) and sigma[j] > 0):
+                sigma[j] = prior.levels[j][0]
+        sigma_res = sigma[j]
         out[i] = prior.added_std_hu(j) / sigma_res
         report.append(f"{names[i]} {sigma_res:.1f} HU (LD {prior.levels[j][0]:.1f}) -> x{float(out[i]):.2f}")
     if report:
